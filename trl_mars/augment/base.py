@@ -1,0 +1,117 @@
+"""The small protocols every augmentation back-end implements.
+
+The trainer decides *where* to augment (margins, budgets, semantic labels) and talks to back-ends only through
+these protocols, so *how* to augment (a T5 paraphraser, an OpenAI-compatible LLM, offline lexical rewrites) can be
+swapped without touching the training code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Paraphraser(Protocol):
+    """Produces meaning-preserving variants of texts.
+
+    `name` is the back-end name written into every generated row's provenance. `fingerprint()` returns everything
+    that changes the output for a given input (back-end, model, decoding parameters, prompt-template version); the
+    persistent cache keys on it, so it must never contain secrets such as API keys.
+    """
+
+    name: str
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def paraphrase(self, texts: Sequence[str], n: int) -> list[list[str]]:
+        """Returns, for each text, up to `n` distinct paraphrases, none equal to the text itself.
+
+        Fewer than `n` may come back when the back-end cannot find enough acceptable variants; callers report the
+        shortfall instead of failing.
+        """
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Sentence embeddings used for the semantic distance d = 1 - cos(e+, e-)."""
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Returns a float32 array of shape (len(texts), dim) whose rows have unit L2 norm."""
+        ...
+
+
+# Checks that a rewritten pair still prefers the chosen response. Takes (prompt, chosen, rejected) triples and
+# returns one bool per triple. The trainer supplies one backed by the current reward model; a chat judge is the
+# other option.
+PreferenceCheck = Callable[[Sequence[tuple[str, str, str]]], list[bool]]
+
+
+@dataclass
+class RefinementRequest:
+    """A low-distance tuple selected for rewriting (DESIGN.md 1, step 5)."""
+
+    index: int
+    prompt: str
+    chosen: str
+    rejected: str
+    distance: float
+
+
+@dataclass
+class RefinementResult:
+    """What happened to one request.
+
+    `accepted` is True only when the rewrite increased the semantic distance, kept the preference label and passed
+    the harm check; then `chosen`/`rejected` hold the kept texts. Otherwise they hold the original texts and
+    `reason` says why the rewrite was rejected: one of "no_distance_gain", "label_flipped", "harmful", "failed"
+    (the back-end gave no usable answer after its retries).
+    """
+
+    index: int
+    chosen: str
+    rejected: str
+    distance: float
+    new_distance: float
+    accepted: bool
+    rewritten: str | None  # "rejected", "chosen" or None
+    attempts: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RefinementStats:
+    """The paper's Table 4 figures for one run, plus why the other rewrites were rejected."""
+
+    high_distance: int = 0
+    low_distance: int = 0
+    attempted: int = 0
+    improved: int = 0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def retained_share(self) -> float | None:
+        return self.improved / self.attempted if self.attempted else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["retained_share"] = self.retained_share
+        return out
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """Rewrites semantically close pairs to sharpen the chosen/rejected contrast while keeping the label."""
+
+    name: str
+
+    def refine(self, requests: Sequence[RefinementRequest]) -> list[RefinementResult]: ...

