@@ -27,6 +27,12 @@ EMBEDDED_DATASET = "embedded"
 _RESOURCES = Path(__file__).resolve().parent / "resources"
 
 
+def column_values(dataset: Dataset, name: str) -> list:
+    """A column as a plain list (datasets >= 4 returns a lazy `Column` whose per-row indexing is slow)."""
+    values = dataset[name]
+    return values if isinstance(values, list) else values[:]
+
+
 class PreferenceDataError(ValueError):
     """A dataset problem, with where it is and how to fix it."""
 
@@ -118,7 +124,7 @@ def validate_preference_dataset(dataset: Any, *, name: str = "train", require_te
                 column="prompt", fix=f"rename it: `dataset.rename_column('{misplaced[0]}', 'prompt')`, or drop it "
                 "if the prompt is already inside 'chosen' and 'rejected'.")
     present = [column for column in TEXT_COLUMNS if column in columns]
-    values = {column: dataset[column] for column in present}
+    values = {column: column_values(dataset, column) for column in present}
     for row in range(len(dataset)):
         for column in present:
             _check_value(values[column][row], dataset=name, row=row, column=column)

@@ -70,8 +70,6 @@ def resolve_model_name(name: str) -> str:
 
 def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model_args: ModelConfig):
     """Loads data and model, trains with `MarsRewardTrainer`, saves, and prints where everything is."""
-    from transformers import AutoTokenizer
-
     from .trainer import MarsRewardTrainer
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -88,20 +86,17 @@ def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model
         max_train_samples=script_args.max_train_samples,
     )
     model_name = resolve_model_name(model_args.model_name_or_path)
-    model_init_kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code,
-                         "dtype": model_args.dtype}
+    model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     if model_args.attn_implementation is not None:
         model_init_kwargs["attn_implementation"] = model_args.attn_implementation
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
-    tokenizer = AutoTokenizer.from_pretrained(model_name, revision=model_args.model_revision,
-                                              trust_remote_code=model_args.trust_remote_code)
-
+    # No tokenizer here: the trainer loads it (with the revision in model_init_kwargs) after validating the data,
+    # so bad input fails before anything is loaded.
     trainer = MarsRewardTrainer(
         model=model_name,
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

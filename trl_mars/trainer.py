@@ -41,8 +41,8 @@ from .allocation import margin_statistics, total_budget
 from .augment.base import RefinementResult
 from .config import MarsRewardConfig
 from .data import (
-    PreferenceDataError,
     TEXT_COLUMNS,
+    column_values,
     to_explicit_prompt,
     tokenize_pair,
     truncate_keep_end,
@@ -138,12 +138,12 @@ class MarsRewardTrainer(RewardTrainer):
         self._mars_loader = None
         self._mars_loader_version = 0
         if args.mars_enabled:
-            source = self.train_dataset["source_index"]
-            texts = self._mars_originals_text
+            texts = {column: column_values(self._mars_originals_text, column) for column in TEXT_COLUMNS}
             self._mars_originals = [
-                {column: texts[j][column] for column in TEXT_COLUMNS} for j in source
+                {column: texts[column][j] for column in TEXT_COLUMNS}
+                for j in column_values(self.train_dataset, "source_index")
             ]
-            self._mars_original_margin_column = "margin" in texts.column_names
+            self._mars_original_margin_column = "margin" in self._mars_originals_text.column_names
             self._mars_num_rounds, self._mars_round_epochs = _round_schedule(args)
             self._mars_budget = total_budget(len(self._mars_originals), args.mars_budget_ratio)
             if self.is_world_process_zero():
@@ -178,7 +178,7 @@ class MarsRewardTrainer(RewardTrainer):
         dataset = dataset.select_columns([c for c in _KEEP_COLUMNS if c in dataset.column_names])
         if args.max_length is not None:
             limit = args.max_length
-            too_long = sum(1 for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])
+            too_long = sum(1 for c, r in zip(column_values(dataset, "chosen_ids"), column_values(dataset, "rejected_ids"))
                            if len(c) > limit or len(r) > limit)
             self._mars_truncated[dataset_name] = self._mars_truncated.get(dataset_name, 0) + too_long
             if too_long and args.mars_truncation == "drop":
@@ -310,7 +310,7 @@ class MarsRewardTrainer(RewardTrainer):
 
     def _mars_original_ids(self) -> tuple[list, list]:
         base = self._mars_base_train
-        return base["chosen_ids"], base["rejected_ids"]
+        return column_values(base, "chosen_ids"), column_values(base, "rejected_ids")
 
     def _mars_run_round(self, round_index: int, epoch: int) -> None:
         args = self.args
@@ -410,7 +410,7 @@ class MarsRewardTrainer(RewardTrainer):
         if not rows:
             return
         if self._mars_original_margin_column:
-            source_margin = self._mars_originals_text["margin"]
+            source_margin = column_values(self._mars_originals_text, "margin")
             rows = [{**row, "margin": source_margin[row["source_index"]]} for row in rows]
         columns = [c for c in ("prompt", "chosen", "rejected", "source_index", "margin") if c in rows[0]]
         new = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
@@ -453,7 +453,8 @@ class MarsRewardTrainer(RewardTrainer):
     def _mars_report_eval(self, when: str) -> None:
         """Held-out pairwise accuracy and margin SNR, printed and logged (fast path: same scorer as the rounds)."""
         for name, dataset in _named_eval_datasets(self.eval_dataset):
-            margins, _ = score_margins(self.model_wrapped, dataset["chosen_ids"], dataset["rejected_ids"],
+            margins, _ = score_margins(self.model_wrapped, column_values(dataset, "chosen_ids"),
+                                       column_values(dataset, "rejected_ids"),
                                        pad_token_id=self.processing_class.pad_token_id,
                                        batch_size=self.args.mars_scoring_batch_size, accelerator=self.accelerator,
                                        desc=f"Scoring {name} pairs")
