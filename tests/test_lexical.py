@@ -145,6 +145,12 @@ def test_context_guards_for_verbs_and_idioms():
     assert p.paraphrase(["I used to swim."], 5) == [[]]
     assert p.paraphrase(["Call as soon as you can."], 5) == [[]]
     assert "We utilise it." in p.paraphrase(["We use it."], 5)[0]
+    # Some verbs are rewritten only before an object: "help you" -> "assist you", but not "helps inspire";
+    # "needs" as a noun ("specific needs") and "purchase" as a noun stay.
+    assert p.paraphrase(["It helps inspire."], 5) == [[]]
+    assert p.paraphrase(["We help you."], 5) == [["We assist you."]]
+    assert p.paraphrase(["Your specific needs."], 5) == [["Your particular needs."]]
+    assert p.paraphrase(["Your next purchase."], 5) == [[]]
 
 
 def test_newlines_lists_numbers_and_whitespace_preserved():

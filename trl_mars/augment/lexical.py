@@ -1,0 +1,809 @@
+"""Offline lexical paraphraser: meaning-preserving surface rewrites with no model and no network.
+
+`LexicalParaphraser` finds *edit sites* in a text and rewrites a subset of them:
+
+- synonyms from a curated table of common English words and phrases ("help" -> "assist", "quickly" ->
+  "rapidly", "in order to" -> "to", "a lot of" -> "lots of", ...). Verb entries are skipped after determiners and
+  prepositions ("the use of" stays), a few noun entries apply only after one, and entries carry word guards where an
+  idiom would break ("used to", "as soon as", "take advantage of");
+- contractions in both directions ("do not" <-> "don't", "it is" <-> "it's"), with the guards that keep grammar
+  intact: "it is" is only contracted before a following word ("what it is." stays), and negations are not
+  expanded before a pronoun ("don't you" stays, "do not you" would be wrong);
+- discourse markers at sentence starts ("For example," <-> "For instance,", "However," <-> "That said,",
+  "Finally," <-> "Lastly,", "Sure!" <-> "Certainly!").
+
+Capitalisation (lower, Capitalised, UPPER), punctuation, numbers, whitespace, newlines and list structure are kept
+exactly; "a"/"an" before a replaced word is adjusted. Text inside fenced code blocks (``` or ~~~), inline `code`,
+URLs, e-mail addresses, HTML tags and LaTeX display/inline math delimited by ``$$``, ``\\(\\)``, ``\\[\\]`` is
+never touched.
+
+Variants combine subsets of the edit sites. For a given (seed, text, n) the output is deterministic (the random
+generator is seeded with a SHA-256 of the three, never Python's per-process `hash()`), the variants are distinct
+and none equals the source. When the text has few edit sites, fewer than `n` variants come back (possibly none,
+e.g. for "Hi."); callers report the shortfall.
+
+Limits: the rewrites are surface-level only. Nothing is reordered, no sentence structure changes, no
+part-of-speech tagging is done (the context guards are heuristics, so a rare rewrite can read awkwardly), only
+English is covered, and diversity is low on very short texts. It is the dependency-free default for offline runs
+and tests; use the `seq2seq` or `chat` back-ends for real paraphrase diversity.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LexicalParaphraser", "protected_spans"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synonym table.
+#
+# One entry per line:  [v|n] SOURCES [; after=w1,w2] [; before=w1,w2]
+#   "a = b = c"   a symmetric group: every member may be replaced by every other member;
+#   "a > b | c"   one-way: a may become b or c.
+#   "v"           verb entry: skipped right after a determiner or preposition ("the use", "for help");
+#   "n"           noun entry: applied only right after a determiner ("the answer" -> "the response").
+#   after=...     skipped when the preceding word is one of these;
+#   before=...    skipped when the following word is one of these;
+#   next=...      applied only when the following word is one of these ("@object" stands for the object
+#                 pronouns and determiners: "help you", "needs a", but not "helps inspire" or "specific needs");
+#   prev=...      applied only when the preceding word is one of these ("^": no preceding word on the line or
+#                 punctuation in between).
+# ---------------------------------------------------------------------------------------------------------------
+_SYNONYM_TABLE = r"""
+# --- verbs ---
+v help = assist ; next=@object,with
+v helps = assists ; next=@object,with
+v helped = assisted ; next=@object,with
+v helping = assisting ; next=@object,with
+n help > assistance ; before=desk,center,centre,page,menu,text,file
+v use > utilise | employ ; before=of,case,cases
+v uses > utilises | employs ; before=of
+v using > utilising | employing
+v used > utilised | employed ; before=to
+v utilise > use
+v utilize > use
+v utilises > uses
+v utilizes > uses
+v utilised > used
+v utilized > used
+v buy > purchase
+v purchase > buy ; next=@object
+v buys = purchases
+v bought > purchased
+v buying = purchasing
+v start = begin ; before=up,over,off,out
+v starts = begins ; before=up,over,off,out
+v try > attempt ; next=@object,to
+v attempt > try ; next=@object,to
+v tried = attempted ; before=on,out
+v trying = attempting ; before=on,out
+v need > require ; next=@object
+v needs > requires ; next=@object
+v needed > required ; before=to
+v require > need
+v requires > needs
+v choose = select
+v chooses = selects
+v chose > selected
+v chosen > selected
+v choosing = selecting
+v explain > clarify | describe
+v explains > clarifies | describes
+v explained > clarified | described
+v understand > comprehend ; before=that
+v understands > comprehends ; before=that
+v think > believe ; before=about,of,through,over,twice,ahead,back,up,again,out
+v suggest > recommend ; before=that
+v recommend > suggest
+v recommends > suggests
+v recommended > suggested
+v ensure > make sure
+v ensures > makes sure
+v allow > permit ; before=for
+v allows > permits ; before=for
+v allowed > permitted ; before=for
+v prevent > stop
+v prevents > stops
+v avoid > steer clear of
+v check > verify ; before=out,in,on,up,for,with,into,off,back,if,whether
+v contain > include
+v contains > includes
+v create > make
+v creates > makes
+v created > made
+v creating > making
+v build > construct ; before=up,on
+v builds > constructs ; before=up,on
+v built > constructed ; before=in,up,on
+v founded > established
+v provides > offers ; before=for
+v offers > provides
+v called > named ; before=me,you,him,her,us,them,it,back,up,out,off,for,on,in,upon,to,at
+v reduce > decrease | lower
+v obtain > get | acquire
+v obtains > gets | acquires
+v obtained > acquired
+v acquire > obtain
+v demonstrate > show
+v demonstrates > shows
+v discover > find
+v receive > get
+v receives > gets
+# --- verb phrases ---
+talk about > discuss
+talks about > discusses
+talked about > discussed
+talking about > discussing
+look for = search for
+looks for = searches for
+looking for = searching for
+find out > discover | learn
+finds out > discovers | learns
+found out > discovered | learned
+finding out > discovering
+figure out > work out | determine
+figured out > worked out | determined
+deal with > handle | address ; after=a,the,great,good
+deals with > addresses | handles
+dealing with > handling | addressing
+dealt with > handled | addressed
+known as > called
+served as > acted as
+located in > situated in
+consists of > is made up of | comprises
+mentioned in > referred to in
+come up with > devise | think of
+came up with > devised | thought of
+get rid of > eliminate | remove
+point out > note | highlight
+points out > notes | highlights
+pointed out > noted | highlighted
+carry out > perform | conduct
+carried out > performed | conducted
+make sure that > ensure that | make certain that
+want to > wish to
+wants to > wishes to
+wanted to > wished to
+would like to > want to | wish to
+happy to > glad to | pleased to
+glad to > happy to | pleased to
+shows that > demonstrates that | indicates that
+showed that > demonstrated that | indicated that
+is able to > can
+are able to > can
+unable to > not able to
+# --- adjectives ---
+big = large ; after=at,by,and
+huge = enormous = massive
+tiny > very small
+easy > simple | straightforward
+simple > straightforward
+difficult > challenging | hard
+complicated > complex
+important > crucial | essential
+essential = vital
+necessary > required
+numerous > many
+additional = extra
+appropriate = suitable
+obvious = evident
+similar = comparable
+smart = clever
+helpful = useful
+beautiful = lovely
+excellent = outstanding
+great > excellent ; before=deal,many,number,britain,lakes,wall,grandmother,grandfather
+whole > entire ; after=a,as,on
+entire > whole
+main > primary | key
+specific = particular ; after=in
+various > a variety of ; after=the,these,those,its,their,his,her,our,my,your,of
+several > a number of ; after=the,these,those,its,their,his,her,our,my,your,of
+illegal = unlawful
+hazardous > dangerous
+harmful > damaging
+scared > frightened
+famous > well-known
+# --- adverbs ---
+quickly = rapidly = swiftly
+often = frequently
+usually = typically
+commonly > often
+sometimes > occasionally
+rarely = seldom
+maybe = perhaps
+probably > likely
+really > truly
+completely = entirely
+nearly = almost
+mainly = primarily = chiefly
+mostly > largely
+especially = particularly
+immediately = instantly
+currently > at present
+previously > earlier
+soon > shortly ; after=as,how,too,so
+again > once more
+anyway = anyhow
+certainly = definitely
+basically = essentially
+initially > at first
+carefully > with care
+properly = correctly
+approximately = roughly
+significantly = considerably = substantially
+slightly > somewhat
+also > additionally ; after=but,and,or,not
+therefore = thus = consequently
+moreover = furthermore
+nevertheless = nonetheless
+although > even though ; after=even
+because > since ; after=just,only,not,simply,partly,mainly
+everyone = everybody
+someone = somebody
+anyone = anybody
+no one = nobody
+# --- nouns ---
+problem > issue
+problems > issues
+n answer > response
+n answers > responses
+method > approach ; before=call,calls,name,names,signature,body,chaining,definition,parameters,arguments
+methods > approaches ; before=call,calls,name,names,signature,signatures,body,definition,definitions
+goal > objective
+goals > objectives
+advantage > benefit ; after=take,takes,took,taken,taking
+advantages > benefits
+disadvantage = drawback
+disadvantages = drawbacks
+amount > quantity ; next=of
+mistake > error
+mistakes > errors
+option > choice
+choice > option ; after=your,my,their,his,her,our,of
+options = choices
+purpose > goal | aim ; after=on,serves,serve,served
+result > outcome ; before=in,from
+results > outcomes ; before=in,from
+topic > subject
+topics > subjects
+people > individuals ; prev=^,many,some,most,few,other,these,those,all,several,more,and,or,of,for,with,to,help,helps
+kids > children
+# --- phrases ---
+in order to > to | so as to
+a lot of = lots of ; after=quite,such,what
+a great deal of > a lot of
+because of > due to | owing to
+in addition to > besides
+such as > like | including
+for example = for instance
+at the moment > right now | currently
+right now > at the moment
+in the end > ultimately
+each other = one another
+most of the time > usually
+all the time > constantly
+in general > generally
+as a result > consequently
+in fact = indeed
+in spite of = despite
+prior to > before
+with regard to > regarding
+in the event that > if
+at this point in time > now
+so that > so
+thank you > thanks ; before=note,letter,card,notes,letters,cards
+"""
+
+# Words after which a verb reading is unlikely (so "v" entries are skipped) and which make a noun reading likely
+# (so "n" entries apply).
+_DETERMINERS = frozenset(
+    """a an the this these those my your his her its our their some any no of for in into on with much more less
+    such whose every each many several various other another different multiple few own first last best main
+    great good what which""".split()
+)
+
+_PRONOUNS = frozenset("i you we they he she it there that this".split())
+
+# Words after which a verb is taking an object ("help you", "needs a", "helped the").
+_OBJECTS = frozenset(
+    """me you him her us them it everyone everybody someone somebody others people a an the this that these those
+    my your his its our their some any more""".split()
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Contractions.
+# ---------------------------------------------------------------------------------------------------------------
+_NEGATIONS = {
+    "do not": "don't",
+    "does not": "doesn't",
+    "did not": "didn't",
+    "is not": "isn't",
+    "are not": "aren't",
+    "was not": "wasn't",
+    "were not": "weren't",
+    "have not": "haven't",
+    "has not": "hasn't",
+    "had not": "hadn't",
+    "will not": "won't",
+    "would not": "wouldn't",
+    "should not": "shouldn't",
+    "could not": "couldn't",
+    "cannot": "can't",
+    "must not": "mustn't",
+}
+# Subject + auxiliary: contracted only before a following word ("I know what it is." keeps "it is").
+_SUBJECT_FORMS = {
+    "i am": "i'm",
+    "you are": "you're",
+    "we are": "we're",
+    "they are": "they're",
+    "it is": "it's",
+    "that is": "that's",
+    "there is": "there's",
+    "he is": "he's",
+    "she is": "she's",
+    "what is": "what's",
+    "here is": "here's",
+    "i will": "i'll",
+    "you will": "you'll",
+    "we will": "we'll",
+    "they will": "they'll",
+    "it will": "it'll",
+    "he will": "he'll",
+    "she will": "she'll",
+}
+# Expansions only (the contracted form is ambiguous or unidiomatic in the other direction).
+_EXPAND_ONLY = {
+    "let's": "let us",
+    "i've": "i have",
+    "you've": "you have",
+    "we've": "we have",
+    "they've": "they have",
+}
+# "'s" forms that mean "has" before these words ("it's been" -> "it has been").
+_HAS_NEXT = frozenset({"been", "got", "gotten", "had"})
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discourse markers at sentence starts (followed by "," or, for interjections, "!").
+# ---------------------------------------------------------------------------------------------------------------
+_MARKER_GROUPS = [
+    ("however", "that said"),
+    ("for example", "for instance"),
+    ("additionally", "in addition", "moreover", "furthermore", "also"),
+    ("therefore", "thus", "consequently", "as a result", "hence"),
+    ("finally", "lastly"),
+    ("first", "firstly", "first of all"),
+    ("second", "secondly"),
+    ("third", "thirdly"),
+    ("in summary", "to summarise", "to sum up", "in short"),
+    ("in conclusion", "to conclude"),
+    ("overall", "all in all", "on the whole"),
+    ("of course", "naturally"),
+    ("in other words", "put differently"),
+    ("similarly", "likewise"),
+    ("generally", "in general"),
+    ("in fact", "indeed"),
+    ("sure", "certainly"),
+    ("unfortunately", "regrettably"),
+    ("ultimately", "in the end"),
+    ("meanwhile", "in the meantime"),
+    ("alternatively", "as an alternative"),
+    ("in my opinion", "in my view"),
+    ("basically", "essentially"),
+]
+# Markers followed by " that": "Note that ..." -> "Keep in mind that ...".
+_THAT_MARKERS = ("note", "keep in mind", "bear in mind", "remember")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Protected regions: never edited.
+# ---------------------------------------------------------------------------------------------------------------
+_PROTECTED_RE = re.compile(
+    r"```[\s\S]*?(?:```|\Z)"  # fenced code (an unterminated fence runs to the end)
+    r"|~~~[\s\S]*?(?:~~~|\Z)"
+    r"|``[^\n]+?``"  # inline code with double backticks
+    r"|`[^`\n]+`"  # inline code
+    r"|\$\$[\s\S]+?\$\$"  # display math
+    r"|\\\([\s\S]+?\\\)|\\\[[\s\S]+?\\\]"
+    r"|(?:https?|ftp)://\S+|www\.\S+"  # URLs
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail addresses
+    r"|</?[A-Za-z][^<>\n]*>"  # HTML/XML tags
+)
+
+
+def protected_spans(text: str) -> list[tuple[int, int]]:
+    """Returns the (start, end) character spans that no back-end should rewrite: fenced and inline code, math,
+    URLs, e-mail addresses and HTML tags."""
+    return [m.span() for m in _PROTECTED_RE.finditer(text)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled tables.
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Rule:
+    options: tuple[str, ...]
+    kind: str  # "", "v" or "n"
+    not_after: frozenset[str]
+    not_before: frozenset[str]
+    only_before: frozenset[str] | None = None
+    only_after: frozenset[str] | None = None
+
+
+def _parse_table(table: str) -> dict[str, list[_Rule]]:
+    rules: dict[str, list[_Rule]] = {}
+
+    def add(source: str, options: list[str], kind: str, after, before, only_before, only_after) -> None:
+        options = [o for o in options if o != source]
+        if options:
+            rules.setdefault(source, []).append(_Rule(tuple(options), kind, after, before, only_before, only_after))
+
+    for raw in table.strip().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        body, *constraints = [part.strip() for part in line.split(";")]
+        after: frozenset[str] = frozenset()
+        before: frozenset[str] = frozenset()
+        only_before: frozenset[str] | None = None
+        only_after: frozenset[str] | None = None
+        for constraint in constraints:
+            name, _, words = constraint.partition("=")
+            values = frozenset(w.strip() for w in words.split(",") if w.strip())
+            if "@object" in values:
+                values = (values - {"@object"}) | _OBJECTS
+            if name.strip() == "after":
+                after = values
+            elif name.strip() == "before":
+                before = values
+            elif name.strip() == "next":
+                only_before = values
+            elif name.strip() == "prev":
+                only_after = frozenset("" if v == "^" else v for v in values)
+            else:  # pragma: no cover - a malformed table line is a programming error
+                raise ValueError(f"bad synonym-table constraint {constraint!r} in {raw!r}")
+        kind = ""
+        if body[:2] in ("v ", "n "):
+            kind, body = body[0], body[2:].strip()
+        if ">" in body:
+            left, right = body.split(">", 1)
+            # "a = b > c": a and b are symmetric, and both may also become c.
+            members = [m.strip() for m in left.split("=")]
+            extra = [o.strip() for o in right.split("|")]
+            for member in members:
+                others = [m for m in members if m != member] + extra
+                add(member, others, kind, after, before, only_before, only_after)
+        else:
+            members = [m.strip() for m in body.split("=")]
+            if len(members) < 2:  # pragma: no cover
+                raise ValueError(f"bad synonym-table line {raw!r}")
+            for member in members:
+                add(member, [m for m in members if m != member], kind, after, before, only_before, only_after)
+    return rules
+
+
+_SYNONYMS = _parse_table(_SYNONYM_TABLE)
+
+_CONTRACT = {**_NEGATIONS, **_SUBJECT_FORMS}
+_EXPAND = {v: k for k, v in _CONTRACT.items()}
+_EXPAND.update(_EXPAND_ONLY)
+
+_WORD_RE = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
+_GLUE_BEFORE = frozenset("'’@/\\.-_")  # a word touching one of these is part of a path, address or identifier
+_GLUE_AFTER = frozenset("'’@/\\-_")
+
+
+def _index(keys) -> dict[str, tuple[int, ...]]:
+    """First word of each key -> the key lengths (in words) starting with it, longest first."""
+    sizes: dict[str, set[int]] = {}
+    for key in keys:
+        parts = key.split(" ")
+        sizes.setdefault(parts[0], set()).add(len(parts))
+    return {first: tuple(sorted(s, reverse=True)) for first, s in sizes.items()}
+
+
+_SYNONYM_INDEX = _index(_SYNONYMS)
+_CONTRACTION_KEYS = frozenset(_CONTRACT) | frozenset(_EXPAND)
+_CONTRACTION_INDEX = _index(_CONTRACTION_KEYS)
+
+
+def _words(text: str) -> tuple[list[tuple[int, int]], list[str]]:
+    spans, lowered = [], []
+    for m in _WORD_RE.finditer(text):
+        spans.append(m.span())
+        lowered.append(m.group(0).lower().replace("’", "'"))
+    return spans, lowered
+
+
+def _scan(text: str, spans: list[tuple[int, int]], lowered: list[str], keys, index: dict[str, tuple[int, ...]]):
+    """Leftmost-longest, non-overlapping matches of `keys` (lower-case, single-spaced phrases) over the words.
+
+    Words of a phrase must be separated by exactly one space or tab (a phrase never spans a line break), and a
+    match must not touch a letter, digit or identifier glue ("use-case", "file.use", "x@help") on either side.
+    """
+    n = len(spans)
+    length = len(text)
+    i = 0
+    while i < n:
+        sizes = index.get(lowered[i])
+        matched = False
+        if sizes:
+            for size in sizes:
+                j = i + size - 1
+                if j >= n:
+                    continue
+                if size > 1:
+                    if any(text[spans[k][1] : spans[k + 1][0]] not in (" ", "\t") for k in range(i, j)):
+                        continue
+                    key = " ".join(lowered[i : j + 1])
+                    if key not in keys:
+                        continue
+                else:
+                    key = lowered[i]
+                    if key not in keys:
+                        continue
+                start, end = spans[i][0], spans[j][1]
+                if start > 0:
+                    before = text[start - 1]
+                    if before.isalnum() or before in _GLUE_BEFORE:
+                        continue
+                if end < length:
+                    after = text[end]
+                    if after.isalnum() or after in _GLUE_AFTER:
+                        continue
+                    if after == "." and end + 1 < length and (text[end + 1].isalnum() or text[end + 1] == "_"):
+                        continue
+                yield start, end, key
+                i = j + 1
+                matched = True
+                break
+        if not matched:
+            i += 1
+
+
+def _alternation(keys) -> str:
+    # Longest first so that phrases win over their first word; a space in a key matches exactly one space or tab.
+    ordered = sorted(keys, key=len, reverse=True)
+    return "|".join(re.escape(k).replace(r"\ ", "[ \t]").replace("'", "['’]") for k in ordered)
+
+
+_MARKERS: dict[str, tuple[str, ...]] = {}
+for _group in _MARKER_GROUPS:
+    for _member in _group:
+        _MARKERS.setdefault(_member, ())
+        _MARKERS[_member] += tuple(m for m in _group if m != _member and m not in _MARKERS[_member])
+_LINE_START = r"(?:^[ \t]*(?:(?:[-*+•]|\d+[.)]|#{1,6}|>)[ \t]+)?|[.!?][\"'”’)\]]*[ \t]+)"
+_MARKER_RE = re.compile(
+    r"(?m)" + _LINE_START + r"(?P<marker>" + _alternation(_MARKERS) + r")(?=,|!(?!\w))", re.IGNORECASE
+)
+_THAT_RE = re.compile(
+    r"(?m)" + _LINE_START + r"(?P<marker>" + _alternation(_THAT_MARKERS) + r")(?=[ \t]that\b)", re.IGNORECASE
+)
+
+_PREV_WORD_RE = re.compile(r"([A-Za-z][A-Za-z'’]*)[ \t]+\Z")
+_NEXT_WORD_RE = re.compile(r"[ \t]+([A-Za-z][A-Za-z'’]*)")
+_ARTICLE_RE = re.compile(r"(?<![\w'’])(a|an|A|An|AN)([ \t]+)\Z")
+_WS_RE = re.compile(r"[ \t]+")
+
+
+def _prev_word(text: str, start: int) -> str | None:
+    m = _PREV_WORD_RE.search(text, max(0, start - 40), start)
+    return m.group(1).lower().replace("’", "'") if m else None
+
+
+def _next_word(text: str, end: int) -> str | None:
+    m = _NEXT_WORD_RE.match(text, end, min(len(text), end + 40))
+    return m.group(1).lower().replace("’", "'") if m else None
+
+
+def _match_case(source: str, replacement: str) -> str:
+    letters = [c for c in source if c.isalpha()]
+    if len(letters) > 1 and all(c.isupper() for c in letters):
+        return replacement.upper()
+    if source[:1].isupper():
+        return replacement[:1].upper() + replacement[1:]
+    return replacement
+
+
+def _fix_pronoun_i(text: str) -> str:
+    # The tables are lower-case; the pronoun "I" is always upper-case ("i'm" -> "I'm", "i am" -> "I am").
+    return re.sub(r"\bi(?=\b|['’])", "I", text) if "i" in text else text
+
+
+_AN_EXCEPTIONS = ("uni", "use", "usu", "uti", "eu", "one", "once", "ewe")
+_AN_H_WORDS = ("hour", "honest", "honour", "honor", "heir")
+
+
+def _wants_an(word: str) -> bool:
+    w = word.lower()
+    if w.startswith(_AN_H_WORDS):
+        return True
+    if w.startswith(_AN_EXCEPTIONS):
+        return False
+    return w[:1] in "aeiou"
+
+
+@dataclass(frozen=True)
+class _Site:
+    start: int
+    end: int
+    options: tuple[str, ...]
+
+
+class LexicalParaphraser:
+    """Deterministic, offline surface rewrites; see the module docstring for the operations and limits.
+
+    Args:
+        seed: mixes into the per-text random generator; different seeds give different variant choices.
+    """
+
+    name = "lexical"
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": "lexical", "version": 1, "seed": self.seed}
+
+    # ----- edit sites -----
+    def edit_sites(self, text: str) -> list[_Site]:
+        """All non-overlapping edit sites of `text`, in order (markers win over contractions over synonyms)."""
+        occupied: list[tuple[int, int]] = sorted(protected_spans(text))
+        starts = [s for s, _ in occupied]
+        sites: list[_Site] = []
+
+        def free(start: int, end: int) -> bool:
+            i = bisect.bisect_right(starts, start)
+            if i > 0 and occupied[i - 1][1] > start:
+                return False
+            return not (i < len(occupied) and occupied[i][0] < end)
+
+        def take(start: int, end: int, options: Sequence[str]) -> None:
+            if not options or not free(start, end):
+                return
+            source = text[start:end]
+            rendered = []
+            apostrophe = "’" if "’" in source or ("’" in text and "'" not in text) else "'"
+            for option in options:
+                out = _fix_pronoun_i(_match_case(source, option)).replace("'", apostrophe)
+                if out != source and out not in rendered:
+                    rendered.append(out)
+            if not rendered:
+                return
+            i = bisect.bisect_right(starts, start)
+            starts.insert(i, start)
+            occupied.insert(i, (start, end))
+            sites.append(_Site(start, end, tuple(rendered)))
+
+        for regex in (_MARKER_RE, _THAT_RE):
+            for m in regex.finditer(text):
+                key = _WS_RE.sub(" ", m.group("marker").lower())
+                options = _MARKERS.get(key) or tuple(k for k in _THAT_MARKERS if k != key)
+                take(m.start("marker"), m.end("marker"), options)
+
+        spans, lowered = _words(text)
+        for start, end, key in _scan(text, spans, lowered, _CONTRACTION_KEYS, _CONTRACTION_INDEX):
+            nxt = _next_word(text, end)
+            if key in _CONTRACT:
+                if key in _SUBJECT_FORMS and nxt is None:
+                    continue
+                take(start, end, (_CONTRACT[key],))
+            elif key in _EXPAND:
+                expanded = _EXPAND[key]
+                if key in _NEGATIONS.values() and nxt in _PRONOUNS:
+                    continue  # "don't you" must not become "do not you"
+                if key.endswith("'s") and nxt in _HAS_NEXT:
+                    expanded = expanded.rsplit(" ", 1)[0] + " has"
+                take(start, end, (expanded,))
+
+        for start, end, key in _scan(text, spans, lowered, _SYNONYMS, _SYNONYM_INDEX):
+            rules = _SYNONYMS[key]
+            prev = nxt = None
+            options: list[str] = []
+            for rule in rules:
+                if rule.kind or rule.not_after or rule.only_after is not None:
+                    prev = prev if prev is not None else (_prev_word(text, start) or "")
+                if rule.not_before or rule.only_before is not None:
+                    nxt = nxt if nxt is not None else (_next_word(text, end) or "")
+                if rule.kind == "v" and prev in _DETERMINERS:
+                    continue
+                if rule.kind == "n" and prev not in _DETERMINERS:
+                    continue
+                if prev in rule.not_after or nxt in rule.not_before:
+                    continue
+                if rule.only_before is not None and nxt not in rule.only_before:
+                    continue
+                if rule.only_after is not None and prev not in rule.only_after:
+                    continue
+                options.extend(o for o in rule.options if o not in options)
+            take(start, end, options)
+
+        sites.sort(key=lambda s: s.start)
+        return sites
+
+    # ----- variants -----
+    @staticmethod
+    def _render(text: str, sites: Sequence[_Site], choice: Sequence[int]) -> str:
+        """`choice[i]` = 0 keeps site i, k > 0 applies its (k-1)-th option."""
+        parts: list[str] = []
+        pos = 0
+        for site, k in zip(sites, choice):
+            if not k:
+                continue
+            gap = text[pos : site.start]
+            replacement = site.options[k - 1]
+            article = _ARTICLE_RE.search(gap)
+            if article and replacement[:1].isalpha():
+                art = article.group(1)
+                want = "an" if _wants_an(replacement) else "a"
+                if art.lower() != want:
+                    if art.isupper() and (len(art) > 1 or (len(replacement) > 1 and replacement.isupper())):
+                        new = want.upper()
+                    elif art[0].isupper():
+                        new = want.capitalize()
+                    else:
+                        new = want
+                    gap = gap[: article.start(1)] + new + gap[article.end(1) :]
+            parts.append(gap)
+            parts.append(replacement)
+            pos = site.end
+        parts.append(text[pos:])
+        return "".join(parts)
+
+    def _rng(self, text: str, n: int) -> random.Random:
+        digest = hashlib.sha256(f"lexical\x00{self.seed}\x00{n}\x00{text}".encode("utf-8", "surrogatepass"))
+        return random.Random(int.from_bytes(digest.digest()[:8], "big"))
+
+    def variants(self, text: str, n: int) -> list[str]:
+        """Up to `n` distinct rewrites of `text`, none equal to it."""
+        if n <= 0 or not text:
+            return []
+        sites = self.edit_sites(text)
+        if not sites:
+            return []
+        rng = self._rng(text, n)
+        sizes = [len(s.options) + 1 for s in sites]
+        seen = {text}
+        out: list[str] = []
+
+        total = math.prod(sizes) if len(sites) <= 20 else math.inf
+        if total - 1 <= 4 * n + 16:
+            # Few combinations: enumerate all of them and pick n in a seeded order.
+            choices = list(itertools.product(*(range(k) for k in sizes)))[1:]
+            rng.shuffle(choices)
+            for choice in choices:
+                variant = self._render(text, sites, choice)
+                if variant not in seen:
+                    seen.add(variant)
+                    out.append(variant)
+                    if len(out) == n:
+                        break
+            return out
+
+        # Many combinations: sample subsets of up to half the sites (at least one edit each).
+        m = len(sites)
+        max_edits = max(1, math.ceil(m / 2))
+        for _ in range(max(10 * n, 40)):
+            k = rng.randint(1, max_edits)
+            choice = [0] * m
+            for i in rng.sample(range(m), k):
+                choice[i] = rng.randrange(1, sizes[i])
+            variant = self._render(text, sites, choice)
+            if variant not in seen:
+                seen.add(variant)
+                out.append(variant)
+                if len(out) == n:
+                    break
+        return out
+
+    def paraphrase(self, texts: Sequence[str], n: int) -> list[list[str]]:
+        """For each text, up to `n` distinct surface rewrites (fewer when the text has few edit sites)."""
+        return [self.variants(text, n) for text in texts]
