@@ -105,10 +105,15 @@ class MarsRewardTrainer(RewardTrainer):
             validate_preference_dataset(dataset, name=name)
         self._mars_validated = {getattr(d, "_fingerprint", None) for _, d in [("train", train_dataset),
                                                                                *_named_eval_datasets(eval_dataset)]}
+        self._mars_truncated: dict[str, int] = {}
+        self._mars_paraphraser, self._mars_embedder, self._mars_refiner = paraphraser, embedder, refiner
+        self._mars_cache = None
         if args.mars_enabled:
             _check_distributed_support(args)
             self._mars_originals_text = to_explicit_prompt(train_dataset)
-        self._mars_truncated: dict[str, int] = {}
+            if args.process_index == 0:
+                # Back-ends are built (and endpoints checked) now: a missing key fails before the model loads.
+                self._mars_backends(args)
 
         super().__init__(
             model=model,
@@ -125,10 +130,6 @@ class MarsRewardTrainer(RewardTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        self._mars_paraphraser = paraphraser
-        self._mars_embedder = embedder
-        self._mars_refiner = refiner
-        self._mars_cache = None
         self._mars_base_train = self.train_dataset
         self._mars_completed: list[dict[str, Any]] = []  # {"round", "epoch", "num_synthetic"}
         self._mars_refinements: dict[int, RefinementResult] = {}
@@ -292,11 +293,11 @@ class MarsRewardTrainer(RewardTrainer):
     def mars_dir(self) -> Path:
         return Path(self.args.output_dir) / "mars"
 
-    def _mars_backends(self):
-        """Builds the back-ends once, lazily (a run with no round due never loads a paraphraser)."""
+    def _mars_backends(self, args: MarsRewardConfig | None = None):
+        """Builds the configured back-ends once, on the main process (the only one that generates text)."""
         from .augment.factory import build_cache, build_embedder, build_paraphraser, build_refiner
 
-        args = self.args
+        args = args or self.args
         if self._mars_cache is None:
             self._mars_cache = build_cache(args)
         if self._mars_paraphraser is None:
