@@ -779,23 +779,9 @@ class LexicalParaphraser:
             # Few combinations: enumerate all of them and pick n in a seeded order.
             choices = list(itertools.product(*(range(k) for k in sizes)))[1:]
             rng.shuffle(choices)
-            for choice in choices:
-                variant = self._render(text, sites, choice)
-                if variant not in seen:
-                    seen.add(variant)
-                    out.append(variant)
-                    if len(out) == n:
-                        break
-            return out
-
-        # Many combinations: sample subsets of up to half the sites (at least one edit each).
-        m = len(sites)
-        max_edits = max(1, math.ceil(m / 2))
-        for _ in range(max(10 * n, 40)):
-            k = rng.randint(1, max_edits)
-            choice = [0] * m
-            for i in rng.sample(range(m), k):
-                choice[i] = rng.randrange(1, sizes[i])
+        else:
+            choices = _sampled_choices(rng, sizes, tries=max(10 * n, 40))
+        for choice in choices:
             variant = self._render(text, sites, choice)
             if variant not in seen:
                 seen.add(variant)
@@ -807,3 +793,15 @@ class LexicalParaphraser:
     def paraphrase(self, texts: Sequence[str], n: int) -> list[list[str]]:
         """For each text, up to `n` distinct surface rewrites (fewer when the text has few edit sites)."""
         return [self.variants(text, n) for text in texts]
+
+
+def _sampled_choices(rng: random.Random, sizes: list[int], tries: int):
+    """Many combinations: random subsets of up to half the edit sites (at least one edit each), lazily."""
+    m = len(sizes)
+    max_edits = max(1, math.ceil(m / 2))
+    for _ in range(tries):
+        k = rng.randint(1, max_edits)
+        choice = [0] * m
+        for i in rng.sample(range(m), k):
+            choice[i] = rng.randrange(1, sizes[i])
+        yield choice

@@ -12,31 +12,19 @@ returns the whole pool and the caller reports the shortfall.
 
 from __future__ import annotations
 
-import operator
-from typing import Any
 
 import numpy as np
+
+from ..allocation import _as_count
 
 __all__ = ["OPERATIONS", "operation_for", "pool_size", "sample_pairs"]
 
 OPERATIONS = ("paraphrase_chosen", "paraphrase_rejected", "paraphrase_both")
 
 
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` must be an int, got a bool.")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}.") from None
-    if out < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {out}.")
-    return out
-
-
 def pool_size(n_chosen: int, n_rejected: int) -> int:
     """(n_chosen + 1)(n_rejected + 1) - 1: all (chosen variant, rejected variant) pairs minus the original pair."""
-    return (_count(n_chosen, "n_chosen") + 1) * (_count(n_rejected, "n_rejected") + 1) - 1
+    return (_as_count(n_chosen, "n_chosen") + 1) * (_as_count(n_rejected, "n_rejected") + 1) - 1
 
 
 def sample_pairs(
@@ -52,9 +40,9 @@ def sample_pairs(
     `rng.choice(size, k, replace=False)` and decoded, so a 2501 x 2501 pool is never materialised. The result is
     sorted by (c, r), so it depends only on which candidates were drawn: same seed, same list.
     """
-    c_max = _count(num_chosen_variants, "num_chosen_variants")
-    r_max = _count(num_rejected_variants, "num_rejected_variants")
-    budget = _count(budget, "budget")
+    c_max = _as_count(num_chosen_variants, "num_chosen_variants")
+    r_max = _as_count(num_rejected_variants, "num_rejected_variants")
+    budget = _as_count(budget, "budget")
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         rng = np.random.default_rng(int(rng))
     if not isinstance(rng, np.random.Generator):
@@ -70,8 +58,8 @@ def sample_pairs(
 
 def operation_for(c: int, r: int) -> str:
     """Provenance label of candidate (c, r): which side(s) were paraphrased. (0, 0) is the original, not a candidate."""
-    c = _count(c, "c")
-    r = _count(r, "r")
+    c = _as_count(c, "c")
+    r = _as_count(r, "r")
     if c > 0 and r > 0:
         return "paraphrase_both"
     if c > 0:
