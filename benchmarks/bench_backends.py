@@ -1,0 +1,141 @@
+"""Throughput of each paraphrase back-end and the cost of a fully cached re-run.
+
+For each back-end: texts per second on a first run through `CachedParaphraser` (every text a cache miss), then
+the same job again (every text a hit), and the ratio of the two times (aim: the cached re-run under 5% of the
+first run).
+
+- lexical: the offline back-end, on real responses from the development data.
+- seq2seq: a T5-base-sized model (the paper's paraphraser architecture) *randomly initialised* from a config with
+  a tokenizer trained here, because nothing can be downloaded on this machine. Random weights rarely stop early,
+  so generation runs to `--max-new-tokens`: the number is a compute-cost upper bound for that length on this
+  hardware, not the quality or exact speed of humarin/chatgpt_paraphraser_on_T5_base.
+- chat: the real `openai` client against the loopback OpenAI-compatible server from the tests, with a simulated
+  per-request latency (`--chat-latency`), at `--chat-concurrency` requests in flight. It measures our client,
+  retries, parsing and concurrency, not an LLM.
+
+Usage:
+
+    python benchmarks/bench_backends.py --data ../shared/data/alpacaeval_gpt4_pairs.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_texts(path: str, n: int, max_words: int) -> list[str]:
+    texts = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            for text in (row["chosen"], row["rejected"]):
+                words = text.split()
+                texts.append(" ".join(words[:max_words]))
+            if len(texts) >= n:
+                break
+    return texts[:n]
+
+
+def time_cached(make_inner, texts: list[str], n: int) -> dict:
+    from trl_mars.augment.cache import AugmentationCache
+    from trl_mars.augment.cached import CachedParaphraser
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inner = make_inner()
+        first = CachedParaphraser(inner, AugmentationCache(tmp), progress=False)
+        start = time.perf_counter()
+        variants = first.paraphrase(texts, n)
+        first_s = time.perf_counter() - start
+        second = CachedParaphraser(inner, AugmentationCache(tmp), progress=False)
+        start = time.perf_counter()
+        again = second.paraphrase(texts, n)
+        second_s = time.perf_counter() - start
+    assert again == variants
+    returned = sum(len(v) for v in variants)
+    return {"texts": len(texts), "n": n, "variants_returned": returned, "first_run_s": round(first_s, 3),
+            "texts_per_s": round(len(texts) / first_s, 2), "cached_rerun_s": round(second_s, 4),
+            "cached_rerun_share": round(second_s / first_s, 4), "backend_calls_on_rerun": second.calls_made}
+
+
+def tiny_t5_base(texts: list[str]):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=8000,
+                                                                   special_tokens=["<pad>", "</s>", "<unk>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=512)
+    config = T5Config(vocab_size=fast.vocab_size, d_model=768, d_ff=3072, num_layers=12, num_heads=12,
+                      decoder_start_token_id=fast.pad_token_id, pad_token_id=fast.pad_token_id,
+                      eos_token_id=fast.eos_token_id)
+    return T5ForConditionalGeneration(config).eval(), fast
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "alpacaeval_gpt4_pairs.jsonl"))
+    parser.add_argument("--n", type=int, default=3, help="paraphrases per text")
+    parser.add_argument("--lexical-texts", type=int, default=2000)
+    parser.add_argument("--seq2seq-texts", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--chat-texts", type=int, default=200)
+    parser.add_argument("--chat-latency", type=float, default=0.05)
+    parser.add_argument("--chat-concurrency", type=int, default=8)
+    parser.add_argument("--skip-seq2seq", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    report = {"device": "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"}
+
+    from trl_mars.augment.lexical import LexicalParaphraser
+
+    lexical_texts = load_texts(args.data, args.lexical_texts, max_words=120)
+    report["lexical"] = time_cached(lambda: LexicalParaphraser(seed=0), lexical_texts, args.n)
+    print(json.dumps(report, indent=2), flush=True)
+
+    if not args.skip_seq2seq:
+        from trl_mars.augment.seq2seq import Seq2SeqParaphraser
+
+        texts = load_texts(args.data, args.seq2seq_texts, max_words=60)
+        model, tokenizer = tiny_t5_base(load_texts(args.data, 2000, max_words=200))
+        report["seq2seq_t5_base_random"] = time_cached(
+            lambda: Seq2SeqParaphraser("t5-base-random", model=model, tokenizer=tokenizer, batch_size=16,
+                                       max_new_tokens=args.max_new_tokens), texts, args.n)
+        report["seq2seq_t5_base_random"]["max_new_tokens"] = args.max_new_tokens
+        print(json.dumps(report, indent=2), flush=True)
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from openai_server import TEST_KEY, TEST_KEY_ENV, FakeOpenAIServer
+
+    from trl_mars.augment.chat import ChatClient, ChatParaphraser
+
+    os.environ[TEST_KEY_ENV] = TEST_KEY
+    server = FakeOpenAIServer()
+    server.start()
+    try:
+        server.delay = args.chat_latency
+        client = ChatClient("bench-model", base_url=server.base_url, api_key_env=TEST_KEY_ENV,
+                            max_concurrency=args.chat_concurrency, backoff_base=0.01)
+        texts = load_texts(args.data, args.chat_texts, max_words=80)
+        report["chat_loopback"] = time_cached(lambda: ChatParaphraser(client), texts, args.n)
+        report["chat_loopback"].update({"simulated_latency_s": args.chat_latency,
+                                        "concurrency": args.chat_concurrency})
+    finally:
+        server.stop()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
