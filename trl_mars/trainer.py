@@ -20,16 +20,15 @@ epochs) and epoch t trains on D^t, as in the paper's Algorithm 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, IterableDataset, concatenate_datasets
 from tqdm.auto import tqdm
@@ -505,8 +504,6 @@ class MarsRewardTrainer(RewardTrainer):
             raise FileNotFoundError(
                 f"{checkpoint} has no {MARS_STATE_FILE}: it was not written by MarsRewardTrainer, so the synthetic "
                 "pairs of its rounds are unknown. Resume from a MarsRewardTrainer checkpoint or start afresh.")
-        import json
-
         state = json.loads(state_file.read_text(encoding="utf-8"))
         for entry in state["completed_rounds"]:
             rows = read_jsonl(Path(checkpoint) / f"mars_round_{entry['round']}_synthetic.jsonl")
