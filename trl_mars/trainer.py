@@ -553,6 +553,13 @@ def _round_schedule(args: MarsRewardConfig) -> tuple[int, list[int]]:
 
 
 def _check_distributed_support(args: MarsRewardConfig) -> None:
+    slow_backend = args.mars_paraphraser != "lexical" or args.mars_refiner != "none"
+    if args.world_size > 1 and slow_backend and args.ddp_timeout < 4 * 3600 and args.process_index == 0:
+        # Only rank 0 generates; the other ranks wait in a collective that times out after `ddp_timeout`.
+        logger.warning(
+            "MARS generates text on rank 0 while the other %d ranks wait; with the '%s' back-end a round can "
+            "outlast ddp_timeout=%ss. Raise `--ddp_timeout` (e.g. 14400) for large budgets.",
+            args.world_size - 1, args.mars_paraphraser, args.ddp_timeout)
     plugin = getattr(args, "deepspeed_plugin", None)
     if (plugin is not None and plugin.zero_stage == 3 and args.mars_refiner != "none"
             and args.mars_label_check == "reward_model"):
