@@ -42,6 +42,7 @@ from .config import MarsRewardConfig
 from .data import (
     TEXT_COLUMNS,
     column_values,
+    response_text,
     to_explicit_prompt,
     tokenize_pair,
     truncate_keep_end,
@@ -109,7 +110,9 @@ class MarsRewardTrainer(RewardTrainer):
         self._mars_cache = None
         if args.mars_enabled:
             _check_distributed_support(args)
-            self._mars_originals_text = to_explicit_prompt(train_dataset)
+            # Extract implicit prompts once: the parent tokenises this explicit-prompt copy, and rounds read its text.
+            train_dataset = self._mars_originals_text = to_explicit_prompt(train_dataset)
+            self._mars_validated.add(train_dataset._fingerprint)
             if args.process_index == 0:
                 # Back-ends are built (and endpoints checked) now: a missing key fails before the model loads.
                 self._mars_backends(args)
@@ -190,10 +193,6 @@ class MarsRewardTrainer(RewardTrainer):
                     lambda x: {side: truncate_keep_end(x[side], limit, special) for side in ("chosen_ids", "rejected_ids")},
                     desc=f"Truncating {dataset_name} >{limit} tokens", **map_kwargs)
         return dataset
-
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "margin"]
 
     # ------------------------------------------------------------ schedule
 
@@ -376,7 +375,6 @@ class MarsRewardTrainer(RewardTrainer):
     def _mars_semantic_labels(self, embedder) -> tuple[np.ndarray, list[str]]:
         """Distances and labels of the original pairs, computed once per run (DESIGN.md 1, step 4)."""
         if self._mars_semantic is None:
-            from .data import response_text
             from .semantic import semantic_distances, semantic_labels
 
             chosen = [response_text(row["chosen"]) for row in self._mars_originals]
