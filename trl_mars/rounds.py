@@ -11,8 +11,10 @@ import logging
 import math
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +42,14 @@ class RoundResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class _Stopwatch:
-    def __init__(self, timings: dict[str, float]):
-        self.timings = timings
-
-    def __call__(self, stage: str):
-        stopwatch = self
-
-        class _Stage:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                stopwatch.timings[stage] = stopwatch.timings.get(stage, 0.0) + time.perf_counter() - self.start
-
-        return _Stage()
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    """Adds the wall time of the block to `timings[stage]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def _paraphrase_grouped(paraphraser: Paraphraser, requests: Sequence[tuple[str, int]]) -> list[list[str]]:
@@ -100,7 +95,7 @@ def run_round(
     adds exactly B pairs whenever the pools allow it.
     """
     timings = {} if timings is None else timings
-    stage = _Stopwatch(timings)
+    stage = partial(_timed, timings)
     refinements = {} if refinements is None else refinements
     n = len(originals)
     budget = total_budget(n, budget_ratio)
