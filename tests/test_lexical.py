@@ -191,4 +191,4 @@ def test_package_file_needs_only_the_standard_library():
     source = Path(importlib.util.find_spec("trl_mars.augment.lexical").origin).read_text()
     imports = set(re.findall(r"^(?:from|import) ([\w.]+)", source, flags=re.MULTILINE))
     assert imports <= {"__future__", "bisect", "hashlib", "itertools", "math", "random", "re", "collections.abc",
-                       "dataclasses", "typing"}
+                       "dataclasses", "importlib.resources", "typing"}
