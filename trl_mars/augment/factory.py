@@ -60,7 +60,7 @@ def build_paraphraser(args: MarsRewardConfig, cache: AugmentationCache) -> Parap
 
 
 def build_embedder(args: MarsRewardConfig) -> Embedder:
-    from ..semantic import SentenceTransformerEmbedder
+    from .embedding import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(args.mars_embedding_model)
 

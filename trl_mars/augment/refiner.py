@@ -26,7 +26,8 @@ import numpy as np
 
 from .base import Embedder, PreferenceCheck, RefinementRequest, RefinementResult, RefinementStats
 from .cache import AugmentationCache
-from .chat import ChatClient, Messages, load_template
+from .client import ChatClient
+from .templates import Messages, load_template
 
 logger = logging.getLogger("trl_mars")
 
