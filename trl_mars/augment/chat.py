@@ -102,37 +102,33 @@ class ChatJudge:
     reproducible). ``order="fixed"`` always shows the chosen response as A; ``order="both"`` asks twice, in both
     orders, and counts the chosen response as preferred only when both answers agree (twice the calls).
 
-    With a `cache`, every answer is stored and later runs make no calls for the same inputs.
+    Answers are cached by the client (`ChatClient(cache=...)`): every completed answer is stored as it arrives,
+    so a re-run makes no judge calls for the same inputs.
     """
 
     name = "chat"
     ORDERS = ("hashed", "fixed", "both")
+    # The schemas sent to endpoints that take one: a conforming server cannot answer anything else.
+    PREFERENCE_SCHEMA = {"type": "object", "properties": {"better": {"type": "string", "enum": ["A", "B"]}},
+                         "required": ["better"], "additionalProperties": False}
 
-    def __init__(self, client: ChatClient, *, order: str = "hashed", cache: Any = None, prompt_version: str = "v1"):
+    def __init__(self, client: ChatClient, *, order: str = "hashed", prompt_version: str = "v1"):
         if order not in self.ORDERS:
             raise ValueError(f"order must be one of {self.ORDERS}, got {order!r}")
         self.client = client
         self.order = order
-        self.cache = cache
         self.preference_template = load_template("judge_preference", prompt_version)
         self.harm_template = load_template("judge_harm", prompt_version)
 
-    def _ask(self, template: PromptTemplate, op: str, fields: list[dict[str, str]], key: str,
-             validate: Callable[[dict], bool]) -> list[Any]:
-        namespace = {"op": op, "backend": "chat", **self.client.fingerprint(), **template.fingerprint}
+    def _ask(self, template: PromptTemplate, fields: list[dict[str, str]], key: str, kind: type,
+             validate: Callable[[dict], bool], json_schema: dict[str, Any] | None = None) -> list[Any]:
+        """One answer per distinct field set (identical questions in a batch are asked once); None: no answer."""
         keys = [json.dumps(f, sort_keys=True, ensure_ascii=False) for f in fields]
-        found = self.cache.get_many(namespace, keys) if self.cache is not None else {}
-        todo = sorted({k for k in keys if k not in found})
-        if todo:
-            by_key = {k: f for k, f in zip(keys, fields)}
-            answers = self.client.complete_json(
-                [template.render(**by_key[k]) for k in todo], {key: str if key == "better" else bool},
-                validate=validate,
-            )
-            fresh = {k: a[key] for k, a in zip(todo, answers) if a is not None}
-            if self.cache is not None:
-                self.cache.put_many(namespace, fresh)
-            found.update(fresh)
+        todo = sorted(set(keys))
+        by_key = dict(zip(keys, fields))
+        answers = self.client.complete_json([template.render(**by_key[k]) for k in todo], {key: kind},
+                                            validate=validate, json_schema=json_schema)
+        found = {k: a[key] for k, a in zip(todo, answers) if a is not None}
         return [found.get(k) for k in keys]
 
     def _swap(self, prompt: str, chosen: str, rejected: str) -> bool:
@@ -151,8 +147,8 @@ class ChatJudge:
                 a, b = (rejected, chosen) if swap else (chosen, rejected)
                 fields.append({"prompt": prompt, "response_a": a, "response_b": b})
         answers = self._ask(
-            self.preference_template, "judge_preference", fields, "better",
-            lambda obj: obj["better"].strip().upper() in ("A", "B"),
+            self.preference_template, fields, "better", str,
+            lambda obj: obj["better"].strip().upper() in ("A", "B"), self.PREFERENCE_SCHEMA,
         )
         out: list[bool | None] = []
         for start, swaps in plan:
@@ -172,4 +168,4 @@ class ChatJudge:
     def is_harmful(self, texts_with_prompts: Sequence[tuple[str, str]]) -> list[bool | None]:
         """For (prompt, response) pairs: is the response harmful? None: no answer after the retries."""
         fields = [{"prompt": p, "response": r} for p, r in texts_with_prompts]
-        return self._ask(self.harm_template, "judge_harm", fields, "harmful", lambda obj: True)
+        return self._ask(self.harm_template, fields, "harmful", bool, lambda obj: True)
