@@ -18,10 +18,16 @@ import numpy as np
 
 from .augment.base import Embedder
 from .augment.cache import AugmentationCache
-from .augment.embedding import SentenceTransformerEmbedder, resolve_embedding_model, unit_rows
+from .augment.embedding import (
+    SentenceTransformerEmbedder,
+    check_embedding_model,
+    resolve_embedding_model,
+    unit_rows,
+)
 
 __all__ = [
     "SentenceTransformerEmbedder",
+    "check_embedding_model",
     "resolve_embedding_model",
     "semantic_distances",
     "semantic_labels",

