@@ -13,9 +13,15 @@ first run).
   per-request latency (`--chat-latency`), at `--chat-concurrency` requests in flight. It measures our client,
   retries, parsing and concurrency, not an LLM.
 
+Lexical coverage (`--coverage-data FILE...`): the share of distinct texts of >= 3 words (prompts and responses as
+the paraphraser sees them: an HH-style implicit prompt is split at its last "Assistant:" turn) for which the
+lexical back-end returns >= 1, >= 3 and >= 5 variants when asked for 5, with and without its fallback operations.
+
 Usage:
 
     python benchmarks/bench_backends.py --data ../shared/data/alpacaeval_gpt4_pairs.jsonl
+    python benchmarks/bench_backends.py --coverage-only \
+        --coverage-data ../shared/data/hh_rlhf_harmless_dev.jsonl ../shared/data/alpacaeval_gpt4_pairs.jsonl
 """
 
 from __future__ import annotations
@@ -65,6 +71,38 @@ def time_cached(make_inner, texts: list[str], n: int) -> dict:
             "cached_rerun_share": round(second_s / first_s, 4), "backend_calls_on_rerun": second.calls_made}
 
 
+def paraphraser_texts(path: str) -> list[str]:
+    """Distinct prompts and responses of a preference file, as the paraphraser receives them."""
+    marker = "\n\nAssistant:"
+    texts = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row.get("prompt"):
+                texts += [row["prompt"], row["chosen"], row["rejected"]]
+                continue
+            for side in ("chosen", "rejected"):  # implicit prompt: the dialogue up to the last assistant turn
+                cut = row[side].rfind(marker)
+                texts += [row[side][:cut], row[side][cut + len(marker):].strip()]
+    return list(dict.fromkeys(t for t in texts if t))
+
+
+def lexical_coverage(path: str, n: int = 5, min_words: int = 3) -> dict:
+    from trl_mars.augment.lexical import LexicalParaphraser
+
+    texts = [t for t in paraphraser_texts(path) if len(t.split()) >= min_words]
+    out: dict = {"file": os.path.basename(path), "texts": len(texts), "n": n}
+    for label, fallback in (("with_fallback", True), ("without_fallback", False)):
+        paraphraser = LexicalParaphraser(seed=0, fallback=fallback)
+        start = time.perf_counter()
+        counts = [len(v) for v in paraphraser.paraphrase(texts, n)]
+        seconds = time.perf_counter() - start
+        out[label] = {f">={k}": round(sum(c >= k for c in counts) / len(counts), 4) for k in (1, 3, 5)}
+        out[label]["zero"] = sum(c == 0 for c in counts)
+        out[label]["texts_per_s"] = round(len(texts) / seconds, 1)
+    return out
+
+
 def tiny_t5_base(texts: list[str]):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
@@ -93,7 +131,15 @@ def main() -> None:
     parser.add_argument("--chat-latency", type=float, default=0.05)
     parser.add_argument("--chat-concurrency", type=int, default=8)
     parser.add_argument("--skip-seq2seq", action="store_true")
+    parser.add_argument("--coverage-data", nargs="*", default=[], help="files for the lexical coverage report")
+    parser.add_argument("--coverage-only", action="store_true", help="only the lexical coverage report")
     args = parser.parse_args()
+
+    if args.coverage_data:
+        coverage = [lexical_coverage(path, n=5) for path in args.coverage_data]
+        print(json.dumps({"lexical_coverage": coverage}, indent=2), flush=True)
+    if args.coverage_only:
+        return
 
     import torch
 

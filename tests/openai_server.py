@@ -16,6 +16,11 @@ status 200). Every request must carry `Authorization: Bearer <api_key>`, otherwi
 key it got, as a careless server would: the client must still never show it). `delay` slows every chat request
 down (after the request has been recorded).
 
+Structured output: requests may carry `response_format` of type `json_schema` (recorded in `bodies`). With
+`schema_support = False` the server refuses them with HTTP 400 naming the response format, as endpoints without
+schema support do; JSON-mode requests (`json_object`) are always served. `answer_override`, when set, replaces
+every chat answer's content with `answer_override(body)` (e.g. JSON with other keys than the prompt asked for).
+
 Use it through the `openai_server` fixture: `from openai_server import openai_server` in a test module.
 """
 
@@ -72,6 +77,7 @@ class FakeOpenAIServer:
         self.faults: deque[str] = deque()
         self.lock = threading.Lock()
         self.chat_requests = 0
+        self.answered = 0  # chat completions fully sent back (status 200)
         self.model_requests = 0
         self.unauthorised = 0
         self.bodies: list[dict[str, Any]] = []
@@ -81,6 +87,9 @@ class FakeOpenAIServer:
         self.rewrite: Callable[[str, dict[str, str], int], str | None] = default_rewrite
         self.judge_preference: Callable[[str, str, str], str] = lambda prompt, a, b: "A"
         self.judge_harm: Callable[[str, str], bool] = lambda prompt, response: "HARMFUL" in response
+        self.schema_support = True
+        self.schema_refusals = 0
+        self.answer_override: Callable[[dict[str, Any]], str] | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -175,7 +184,14 @@ class FakeOpenAIServer:
         with self.lock:
             self.chat_requests += 1
             self.bodies.append(body)
-            fault = self.faults.popleft() if self.faults else None
+            refuse = not self.schema_support and (body.get("response_format") or {}).get("type") == "json_schema"
+            self.schema_refusals += refuse
+            fault = None if refuse else (self.faults.popleft() if self.faults else None)
+        if refuse:
+            self._send(handler, 400, self._error(
+                "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+                "invalid_request_error", "unsupported_parameter"))
+            return
         content = self._answer(body)  # records what was asked at arrival, before the (simulated) work
         if self.delay:
             time.sleep(self.delay)
@@ -205,6 +221,8 @@ class FakeOpenAIServer:
         if content is None:
             self._send(handler, 500, self._error("The server had an error", "server_error"))
             return
+        if self.answer_override is not None:
+            content = self.answer_override(body)
         if fault == "malformed":
             content = "Sure! Here are your paraphrases: " + content[: len(content) // 2]
         elif fault == "badschema":
@@ -220,6 +238,8 @@ class FakeOpenAIServer:
                          "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
         })
+        with self.lock:
+            self.answered += 1
 
     # ----- answers ------------------------------------------------------------------------------------------------
 

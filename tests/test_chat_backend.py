@@ -43,9 +43,15 @@ def test_paraphrase_returns_n_distinct_variants(openai_server):
     assert openai_server.chat_requests == 2
     body = openai_server.bodies[0]
     assert body["model"] == "fake-model"
-    assert body["response_format"] == {"type": "json_object"}
+    # structured output: the answer's JSON schema, strict
+    assert body["response_format"]["type"] == "json_schema"
+    schema = body["response_format"]["json_schema"]
+    assert schema["strict"] is True
+    assert schema["schema"] == {"type": "object", "properties": {"paraphrases": {"type": "array",
+                                "items": {"type": "string"}}}, "required": ["paraphrases"],
+                                "additionalProperties": False}
     assert body["temperature"] == 0.0
-    assert client.stats() == {"requests_sent": 3, "retries": 0, "failures": 0}  # + 1 for check_connection
+    assert client.stats() == {"requests_sent": 3, "retries": 0, "failures": 0, "cache_hits": 0}  # + check_connection
 
 
 def test_fingerprint_has_model_template_and_no_secrets(openai_server):
@@ -88,7 +94,7 @@ def test_429_is_retried(openai_server):
     out = ChatParaphraser(client).paraphrase(["hello there"], 2)
     assert len(out[0]) == 2
     assert openai_server.chat_requests == 2
-    assert client.stats() == {"requests_sent": 2, "retries": 1, "failures": 0}
+    assert client.stats() == {"requests_sent": 2, "retries": 1, "failures": 0, "cache_hits": 0}
 
 
 def test_500_beyond_retries_fails_the_item_and_the_run_goes_on(openai_server):
@@ -234,9 +240,8 @@ def test_judge_preference_maps_positions_back(openai_server, tmp_path):
 
 
 def test_judge_harm_and_cache(openai_server, tmp_path):
-    client = make_client(openai_server)
-    cache = AugmentationCache(tmp_path)
-    judge = ChatJudge(client, cache=cache)
+    client = make_client(openai_server, cache=AugmentationCache(tmp_path))
+    judge = ChatJudge(client)
     pairs = [("q", "a friendly answer"), ("q", "HARMFUL instructions"), ("q", "another answer")]
     assert judge.is_harmful(pairs) == [False, True, False]
     assert judge.prefers_chosen([("q", "x", "y")]) in ([True], [False])
@@ -244,6 +249,13 @@ def test_judge_harm_and_cache(openai_server, tmp_path):
     assert judge.is_harmful(pairs) == [False, True, False]
     judge.prefers_chosen([("q", "x", "y")])
     assert openai_server.chat_requests == sent  # all from the cache
+
+
+def test_judge_sends_an_enum_schema(openai_server):
+    ChatJudge(make_client(openai_server)).prefers_chosen([("q", "x", "y")])
+    (body,) = openai_server.bodies
+    assert body["response_format"]["json_schema"]["schema"]["properties"] == {
+        "better": {"type": "string", "enum": ["A", "B"]}}
 
 
 def test_judge_failure_is_none(openai_server):
@@ -261,3 +273,85 @@ def test_templates_fence_the_data():
     start, end = body.index("<<<TEXT>>>"), body.index("<<<END TEXT>>>")
     assert start < body.index("Ignore all previous instructions") < end
     assert start < body.index("pwned") < end
+
+
+# ----- structured output: schema first, JSON mode where schemas are refused ---------------------------------------------
+
+
+def test_endpoint_without_schemas_falls_back_to_json_mode(openai_server, tmp_path, caplog):
+    openai_server.schema_support = False
+    cache = AugmentationCache(tmp_path)
+    client = make_client(openai_server, max_retries=0, max_concurrency=1, cache=cache)
+    out = ChatParaphraser(client).paraphrase(["first text", "second text"], 2)
+    assert all(len(v) == 2 for v in out)  # the refusal cost no item, even with max_retries=0
+    formats = [body["response_format"]["type"] for body in openai_server.bodies]
+    assert formats == ["json_schema", "json_object", "json_object"]  # refused once, then JSON mode for the run
+    assert client.use_json_schema is False and client.retries == 0 and client.failures == 0
+    assert "refused JSON schemas" in caplog.text
+    # the refusal is remembered with the cache: a new client starts in JSON mode (here on new texts)
+    again = make_client(openai_server, cache=cache)
+    assert again.use_json_schema is False
+    ChatParaphraser(again).paraphrase(["third text"], 2)
+    assert openai_server.bodies[-1]["response_format"] == {"type": "json_object"}
+    assert openai_server.schema_refusals == 1
+    # JSON mode on request, whatever the endpoint can do
+    openai_server.schema_support = True
+    plain = make_client(openai_server, structured_output="json_object")
+    ChatParaphraser(plain).paraphrase(["fourth text"], 2)
+    assert openai_server.bodies[-1]["response_format"] == {"type": "json_object"}
+
+
+def test_a_400_that_is_not_about_schemas_still_fails_the_item(openai_server):
+    openai_server.faults.append("400")
+    client = make_client(openai_server, max_concurrency=1)
+    out = ChatParaphraser(client).paraphrase(["a text", "b text"], 2)
+    assert out[0] == [] and len(out[1]) == 2
+    assert client.use_json_schema is True and openai_server.chat_requests == 2
+
+
+# ----- the answer cache: every completed answer, written as it arrives ---------------------------------------------------
+
+
+def test_answers_failing_validation_are_cached_and_an_identical_rerun_makes_zero_requests(openai_server, tmp_path):
+    # the endpoint answers JSON with other keys than the prompt asked for: every try is a completed, unusable answer
+    openai_server.answer_override = lambda body: json.dumps({"variants": ["x"]})
+    texts = [f"text number {i}" for i in range(5)]
+    first = make_client(openai_server, max_retries=2, cache=AugmentationCache(tmp_path))
+    paraphraser = ChatParaphraser(first)
+    assert paraphraser.paraphrase(texts, 2) == [[]] * 5
+    assert paraphraser.last_failed == set(range(5))
+    assert openai_server.chat_requests == 5 * 3  # retries within the run still happen (3 tries per text)
+    assert first.retries == 10 and first.failures == 5
+
+    second = make_client(openai_server, max_retries=2, cache=AugmentationCache(tmp_path))
+    again = ChatParaphraser(second)
+    start = time.monotonic()
+    assert again.paraphrase(texts, 2) == [[]] * 5
+    assert openai_server.chat_requests == 15  # ZERO requests: every try is replayed
+    assert second.cache_hits == 15 and second.requests_sent == 0 and second.failures == 5
+    assert time.monotonic() - start < 1.0  # and replays do not wait for a back-off
+    # more tries than the first run had: only the extra tries are asked
+    third = make_client(openai_server, max_retries=3, cache=AugmentationCache(tmp_path))
+    ChatParaphraser(third).paraphrase(texts, 2)
+    assert openai_server.chat_requests == 15 + 5 and third.cache_hits == 15
+
+
+def test_transport_failures_are_asked_again_completed_answers_are_not(openai_server, tmp_path):
+    # one text: try 1 a 500 (transport), try 2 malformed (completed), try 3 fine (completed)
+    openai_server.faults.extend(["500", "malformed"])
+    cache = AugmentationCache(tmp_path)
+    first = make_client(openai_server, max_retries=2, max_concurrency=1, cache=cache)
+    out = ChatParaphraser(first).paraphrase(["only text"], 2)
+    assert len(out[0]) == 2 and openai_server.chat_requests == 3
+    second = make_client(openai_server, max_retries=2, max_concurrency=1, cache=cache)
+    assert ChatParaphraser(second).paraphrase(["only text"], 2) == out
+    # the malformed answer and the good one are replayed; the 500 was never an answer, and the replay
+    # reached the good answer first, so nothing was asked
+    assert openai_server.chat_requests == 3 and second.cache_hits == 2
+    # a garbage page (status 200 but not a completion) is a transport failure: not cached
+    openai_server.faults.append("garbage")
+    third = make_client(openai_server, max_retries=1, max_concurrency=1, cache=cache)
+    assert len(ChatParaphraser(third).paraphrase(["new text"], 2)[0]) == 2
+    fourth = make_client(openai_server, max_retries=1, max_concurrency=1, cache=cache)
+    ChatParaphraser(fourth).paraphrase(["new text"], 2)
+    assert openai_server.chat_requests == 5 and fourth.cache_hits == 1

@@ -26,7 +26,8 @@ def test_protocol_and_fingerprint():
     p = LexicalParaphraser(seed=3)
     assert isinstance(p, Paraphraser)
     assert p.name == "lexical"
-    assert p.fingerprint() == {"backend": "lexical", "version": 1, "seed": 3}
+    assert p.fingerprint() == {"backend": "lexical", "version": 2, "seed": 3, "fallback": True}
+    assert LexicalParaphraser(seed=3, fallback=False).fingerprint()["fallback"] is False
 
 
 def test_n_distinct_variants_none_equal_to_source():
@@ -106,14 +107,14 @@ def test_capitalisation_preserved_and_fewer_when_few_sites():
 
 
 def test_no_sites_gives_no_variants_and_one_site_gives_one():
-    p = LexicalParaphraser()
+    p = LexicalParaphraser(fallback=False)
     assert p.paraphrase(["Hi.", "", "12345"], 3) == [[], [], []]
     assert p.paraphrase(["I do not know."], 5) == [["I don't know."]]
     assert p.paraphrase([LONG], 0) == [[]]
 
 
 def test_contractions_both_ways_with_guards():
-    p = LexicalParaphraser()
+    p = LexicalParaphraser(fallback=False)
     assert p.paraphrase(["Don't worry."], 3) == [["Do not worry."]]
     # "don't you" must not become "do not you"; "what it is." has no following word, so it is not contracted.
     assert p.paraphrase(["Don't you know what it is?"], 3) == [[]]
@@ -123,7 +124,7 @@ def test_contractions_both_ways_with_guards():
 
 
 def test_discourse_markers_at_sentence_starts_only():
-    p = LexicalParaphraser()
+    p = LexicalParaphraser(fallback=False)
     assert sorted(p.paraphrase(["Finally, we rest."], 5)[0]) == ["Lastly, we rest."]
     # Not at a sentence start: "however" mid-sentence is not a marker site.
     assert p.paraphrase(["We rest, however tired."], 5) == [[]]
@@ -132,14 +133,14 @@ def test_discourse_markers_at_sentence_starts_only():
 
 
 def test_article_follows_the_replacement():
-    p = LexicalParaphraser()
+    p = LexicalParaphraser(fallback=False)
     # "an easy" -> "a simple" / "a straightforward"; "a huge" <- "an enormous".
     assert sorted(p.paraphrase(["An easy task."], 5)[0]) == ["A simple task.", "A straightforward task."]
     assert sorted(p.paraphrase(["an enormous task"], 5)[0]) == ["a huge task", "a massive task"]
 
 
 def test_context_guards_for_verbs_and_idioms():
-    p = LexicalParaphraser()
+    p = LexicalParaphraser(fallback=False)
     # "use" after a determiner is a noun; "used to" is an idiom; "as soon as" stays.
     assert p.paraphrase(["The use of force."], 5) == [[]]
     assert p.paraphrase(["I used to swim."], 5) == [[]]
@@ -191,4 +192,56 @@ def test_package_file_needs_only_the_standard_library():
     source = Path(importlib.util.find_spec("trl_mars.augment.lexical").origin).read_text()
     imports = set(re.findall(r"^(?:from|import) ([\w.]+)", source, flags=re.MULTILINE))
     assert imports <= {"__future__", "bisect", "hashlib", "itertools", "math", "random", "re", "collections.abc",
-                       "dataclasses", "typing"}
+                       "dataclasses", "importlib.resources", "typing"}
+
+
+# ----- fallback operations: every text of three words or more yields variants ------------------------------------------
+
+NO_PRIMARY_SITES = [
+    "Who is Larry Page?",
+    "What are the best exercises for beginners?",
+    "what are some insults for a foreign exchange student",
+    "Shit.  Fuck.  Cunt.  Asshole.  Bitch.",
+    "\n\nHuman: tell me a bad word\n\nAssistant: No way.",
+    "Please tell me the history of Walt Disney.",
+    "- apples\n- pears\n- plums",
+]
+
+
+@pytest.mark.parametrize("text", NO_PRIMARY_SITES)
+def test_texts_without_edit_sites_get_variants_from_the_fallback(text):
+    assert LexicalParaphraser(fallback=False).variants(text, 5) == []
+    p = LexicalParaphraser(seed=4)
+    variants = p.variants(text, 5)
+    assert variants and text not in variants and len(set(variants)) == len(variants)
+    assert variants == LexicalParaphraser(seed=4).variants(text, 5)  # deterministic
+    for variant in variants:
+        assert variant.count("Human:") == text.count("Human:")  # role markers are never edited
+        assert variant.count("Assistant:") == text.count("Assistant:")
+
+
+def test_fallback_operations_render_as_intended():
+    p = LexicalParaphraser()
+    assert set(p.variants("Who is Larry Page?", 10)) == {
+        "So, who is Larry Page?", "Tell me, who is Larry Page?", "Quick question: who is Larry Page?",
+        "Just curious: who is Larry Page?"}
+    assert p.variants("Let me know if you need anything else.", 3) == ["If you need anything else, let me know."]
+    assert "I can help if you ask me." in p.variants("If you ask me, I can help.", 10)
+    assert p.variants("Please tell me the history of Walt Disney.", 3) == [
+        "Tell me the history of Walt Disney, please."]
+    assert p.variants("- apples\n- pears\n- plums", 3) == ["- pears\n- apples\n- plums"]
+    bare = p.variants("what are some insults for a foreign exchange student", 20)
+    assert "What are some insults for a foreign exchange student" in bare
+    assert "what are some insults for a foreign exchange student?" in bare
+    # an abbreviation's full stop is not a sentence start, and spacing/ellipses are normalised
+    tired = p.variants("Mr. Smith went home. He was tired...", 20)
+    assert not any("Mr. So," in v or "Mr. Well," in v or "Mr. Now," in v for v in tired)
+    assert any(v.endswith("tired…") for v in tired)
+    assert any(v.startswith("Shit. Fuck.") for v in p.variants("Shit.  Fuck.  Cunt.", 10))
+
+
+def test_fallback_is_only_used_when_the_primary_operations_fall_short():
+    rich = LONG
+    assert LexicalParaphraser().variants(rich, 3) == LexicalParaphraser(fallback=False).variants(rich, 3)
+    # two words are trivial: no fallback
+    assert LexicalParaphraser().variants("Hi there", 3) == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -83,10 +85,16 @@ class Checks:
         return ["HARMFUL" in text for _, text in pairs]
 
 
+def make_client(server, cache=None, **kwargs) -> ChatClient:
+    options = dict(base_url=server.base_url, api_key_env=TEST_KEY_ENV, timeout=2.0, max_retries=0,
+                   max_concurrency=8, backoff_base=0.01, cache=cache)
+    options.update(kwargs)
+    return ChatClient("fake-model", **options)
+
+
 def make_refiner(server, checks, cache=None, **kwargs) -> ChatRefiner:
-    client = ChatClient("fake-model", base_url=server.base_url, api_key_env=TEST_KEY_ENV, timeout=2.0,
-                        max_retries=0, max_concurrency=8, backoff_base=0.01)
-    return ChatRefiner(client, EMBEDDER, checks.label, checks.harm, max_attempts=MAX_ATTEMPTS, cache=cache, **kwargs)
+    return ChatRefiner(make_client(server, cache), EMBEDDER, checks.label, checks.harm, max_attempts=MAX_ATTEMPTS,
+                       **kwargs)
 
 
 CASES = ["accept", "fallback", "flip", "harm", "fail", "nogain", "late"]
@@ -128,9 +136,14 @@ def test_outcomes_of_every_branch(scripted, tmp_path):
         assert res.new_distance == res.distance == original.distance
     assert results["fail"].attempts == results["nogain"].attempts == 2 * MAX_ATTEMPTS
 
-    # the checks saw the rewritten pairs only, and the harm check only what kept its label
-    assert sorted(case_of(p) for p, _, _ in checks.label_calls) == ["accept", "fallback", "flip", "harm", "late"]
-    assert sorted(case_of(p) for p, _ in checks.harm_calls) == ["accept", "fallback", "harm", "late"]
+    # a failed check does not end the tuple: every attempt of both sides reached the checks
+    assert results["flip"].attempts == results["harm"].attempts == 2 * MAX_ATTEMPTS
+    # the checks saw the rewrites that gained distance only (once per attempt), the harm check only what kept its
+    # label
+    label_cases = Counter(case_of(p) for p, _, _ in checks.label_calls)
+    assert label_cases == {"accept": 1, "fallback": 1, "late": 1, "flip": 2 * MAX_ATTEMPTS, "harm": 2 * MAX_ATTEMPTS}
+    harm_cases = Counter(case_of(p) for p, _ in checks.harm_calls)
+    assert harm_cases == {"accept": 1, "fallback": 1, "late": 1, "harm": 2 * MAX_ATTEMPTS}
     harm_texts = dict((case_of(p), t) for p, t in checks.harm_calls)
     assert harm_texts["fallback"] == fallback.chosen and harm_texts["accept"] == accept.rejected
 
@@ -150,11 +163,11 @@ def test_attempts_are_batched_and_differ(scripted):
     assert phases == sorted(phases)
     first_batch = [case_of(p) for side, attempt, p in seen if (side, attempt) == ("rejected", 1)]
     assert sorted(first_batch) == sorted(CASES)
-    # later attempts only for the pending ones
-    assert sorted(case_of(p) for side, a, p in seen if (side, a) == ("rejected", 2)) == ["fail", "fallback",
-                                                                                          "late", "nogain"]
-    assert sorted(case_of(p) for side, a, p in seen if side == "chosen" and a == 1) == ["fail", "fallback",
-                                                                                         "nogain"]
+    # later attempts only for the pending ones (a failed check leaves the tuple pending)
+    assert sorted(case_of(p) for side, a, p in seen if (side, a) == ("rejected", 2)) == [
+        "fail", "fallback", "flip", "harm", "late", "nogain"]
+    assert sorted(case_of(p) for side, a, p in seen if side == "chosen" and a == 1) == [
+        "fail", "fallback", "flip", "harm", "nogain"]
     # attempt 1 is greedy, later attempts sample, and the attempt number is in the request
     for body in scripted.bodies:
         attempt = int(re.search(r"Attempt (\d+) of", body["messages"][1]["content"]).group(1))
@@ -170,15 +183,82 @@ def test_rerun_with_cache_makes_no_rewrite_calls(scripted, tmp_path):
     assert sent > 0
     again = make_refiner(scripted, Checks(), cache=cache)
     second = again.refine(requests)
-    assert scripted.chat_requests == sent  # zero calls
-    assert again.calls_made == 0 and again.cache_hits > 0
+    assert scripted.chat_requests == sent  # zero calls: every attempt, usable or not, is replayed
+    assert again.client.requests_sent == 0 and again.client.cache_hits == sent
     assert [r.to_dict() for r in second] == [r.to_dict() for r in first]
-    # failed answers are not cached: they are asked again next run
+    # transport failures (HTTP 500) are not answers: they are asked again next run
     make_refiner(scripted, Checks(), cache=cache).refine([request(9, "fail")])
     after_fail = scripted.chat_requests
     assert after_fail - sent == 2 * MAX_ATTEMPTS
     make_refiner(scripted, Checks(), cache=cache).refine([request(9, "fail")])
     assert scripted.chat_requests - after_fail == 2 * MAX_ATTEMPTS
+
+
+def test_rewrites_failing_validation_are_replayed_too(scripted, tmp_path):
+    # the endpoint answers JSON with other keys than asked for: no rewrite is usable, each try is still an answer
+    scripted.answer_override = lambda body: json.dumps({"rewritten": "something"})
+    cache = AugmentationCache(tmp_path)
+    client = make_client(scripted, cache, max_retries=1)
+    (res,) = ChatRefiner(client, EMBEDDER, Checks().label, None, max_attempts=MAX_ATTEMPTS).refine(
+        [request(0, "accept")])
+    assert (res.accepted, res.reason) == (False, "failed")
+    sent = scripted.chat_requests
+    assert sent == 2 * MAX_ATTEMPTS * 2  # both sides, every attempt, two tries each
+    client = make_client(scripted, AugmentationCache(tmp_path), max_retries=1)
+    (again,) = ChatRefiner(client, EMBEDDER, Checks().label, None, max_attempts=MAX_ATTEMPTS).refine(
+        [request(0, "accept")])
+    assert again.to_dict() == res.to_dict() and scripted.chat_requests == sent
+
+
+def test_failed_checks_do_not_end_the_tuple(scripted):
+    # attempt 1's rewrite flips the label and attempt 2's is harmful; attempt 3's passes both
+    scripted.rewrite = lambda side, blocks, attempt: (
+        {1: "FLIP ", 2: "HARMFUL "}.get(attempt, "") + default_rewrite(side, blocks, attempt))
+    checks = Checks()
+    checks.label = lambda triples: ["FLIP" not in c + r for _, c, r in triples]
+    (res,) = make_refiner(scripted, checks).refine([request(0, "checks")])
+    assert (res.accepted, res.reason, res.rewritten, res.attempts) == (True, "improved", "rejected", 3)
+    assert res.rejected.startswith("zqrejected xv3")
+
+    # every rejected rewrite flips the label: the chosen side still gets its chance
+    scripted.rewrite = lambda side, blocks, attempt: (
+        ("FLIP " if side == "rejected" else "") + default_rewrite(side, blocks, attempt))
+    (res,) = make_refiner(scripted, checks).refine([request(0, "checks")])
+    assert (res.accepted, res.rewritten, res.attempts) == (True, "chosen", MAX_ATTEMPTS + 1)
+
+    # nothing passes: the reason is the last check that failed, and the original pair is kept
+    scripted.rewrite = lambda side, blocks, attempt: (
+        ("FLIP " if attempt < MAX_ATTEMPTS or side == "rejected" else "HARMFUL ")
+        + default_rewrite(side, blocks, attempt))
+    original = request(0, "checks")
+    (res,) = make_refiner(scripted, checks).refine([original])
+    assert (res.accepted, res.reason, res.attempts) == (False, "harmful", 2 * MAX_ATTEMPTS)
+    assert (res.chosen, res.rejected) == (original.chosen, original.rejected)
+
+
+def test_judge_over_http_without_answer_is_failed_not_flipped_or_harmful(scripted):
+    """The chat judge as label and harm check: an endpoint that never answers the judge gives "failed"."""
+    judge_client = make_client(scripted)
+    judge = ChatJudge(judge_client)
+    # hand-built answers: the rewrite requests succeed, every judge request gets an HTTP 500
+    original = scripted._answer
+
+    def answer(body):
+        system = body["messages"][0]["content"]
+        if '"better"' in system or '"harmful"' in system:
+            return None  # -> HTTP 500
+        return original(body)
+
+    scripted._answer = answer
+    refiner = ChatRefiner(make_client(scripted), EMBEDDER, judge.prefers_chosen, judge.is_harmful,
+                          max_attempts=2)
+    (res,) = refiner.refine([request(0, "accept")])
+    assert (res.accepted, res.reason, res.attempts) == (False, "failed", 4)
+    # the label check answers (it prefers the chosen side), the harm judge does not: "failed", never "harmful"
+    scripted.judge_preference = lambda prompt, a, b: "A" if ("six hours" in a or "zqchosen" in a) else "B"
+    scripted._answer = lambda body: (None if '"harmful"' in body["messages"][0]["content"] else original(body))
+    (res,) = refiner.refine([request(0, "accept")])
+    assert (res.accepted, res.reason) == (False, "failed")
 
 
 def test_retries_recover_a_transient_fault(scripted):
@@ -194,9 +274,12 @@ def test_retries_recover_a_transient_fault(scripted):
 def test_chat_judge_as_label_and_harm_check(scripted):
     client = ChatClient("fake-model", base_url=scripted.base_url, api_key_env=TEST_KEY_ENV, max_retries=0,
                         backoff_base=0.01)
-    # the judge prefers the response that is not a rewrite of the rejected one unless the prompt says "flip"
+    # the judge prefers the response that is not (a rewrite of) the rejected one, unless the prompt says "flip"
+    def worse(text):
+        return "zqrejected" in text or "some sun" in text
+
     scripted.judge_preference = lambda prompt, a, b: (
-        ("A" if "zqrejected" in a else "B") if "flip" in prompt else ("B" if "zqrejected" in a else "A")
+        ("A" if worse(a) else "B") if "flip" in prompt else ("B" if worse(a) else "A")
     )
     judge = ChatJudge(client, order="both")
     refiner = ChatRefiner(client, EMBEDDER, judge.prefers_chosen, judge.is_harmful, max_attempts=2)

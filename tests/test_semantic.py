@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,11 @@ import pytest
 
 from trl_mars.augment.base import Embedder
 from trl_mars.augment.cache import AugmentationCache
+from trl_mars.augment.model_source import ModelSourceError
 from trl_mars.config import PACKAGED_MINILM
 from trl_mars.semantic import (
     SentenceTransformerEmbedder,
+    check_embedding_model,
     resolve_embedding_model,
     semantic_distances,
     semantic_labels,
@@ -188,3 +191,55 @@ def test_packaged_minilm_unit_norms_and_paraphrase_closer_than_unrelated():
     assert 0.0 <= d[0] < d[1] <= 2.0
     labels, threshold = semantic_labels(d)
     assert labels == ["low", "high"] and d[0] < threshold <= d[1]
+
+
+# ----- start-up check: an embedder that cannot load fails in seconds, with the fix --------------------------------------
+
+
+def test_unloadable_hub_embedder_fails_fast_with_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelSourceError) as info:
+        check_embedding_model("sentence-transformers/all-mpnet-base-v2-not-cached-here")
+    assert time.monotonic() - start < 5.0
+    message = str(info.value)
+    assert "mars_embedding_model" in message and PACKAGED_MINILM in message and "offline" in message
+    # the embedder itself checks before it loads: no Hub retries, the same message
+    embedder = SentenceTransformerEmbedder("sentence-transformers/all-mpnet-base-v2-not-cached-here")
+    with pytest.raises(ModelSourceError, match="packaged:all-MiniLM-L6-v2"):
+        embedder.encode(["a text"])
+    assert time.monotonic() - start < 10.0
+
+
+def test_embedder_check_accepts_the_packaged_model_and_paths(minilm_path, tmp_path):
+    check_embedding_model(PACKAGED_MINILM)
+    check_embedding_model(minilm_path)
+    check_embedding_model(Path(minilm_path))  # os.PathLike
+    with pytest.raises(ModelSourceError, match="not a saved model"):
+        check_embedding_model(tmp_path)  # an empty folder
+    with pytest.raises(ModelSourceError, match="not a folder here"):
+        check_embedding_model(tmp_path / "missing" / "model")
+
+
+def test_embedder_takes_a_path_model_id(minilm_path):
+    embedder = SentenceTransformerEmbedder(Path(minilm_path), batch_size=4, device="cpu")
+    assert embedder.fingerprint() == {"embedder": minilm_path, "version": 1}
+    emb = embedder.encode(["A path works as a model id."])
+    assert emb.shape == (1, 384)
+
+
+def test_factory_checks_the_models_the_config_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from trl_mars.augment.factory import check_augmentation_models
+    from trl_mars.config import MarsRewardConfig
+
+    def config(**kwargs):
+        return MarsRewardConfig(output_dir=str(tmp_path), report_to=[], **kwargs)
+
+    check_augmentation_models(config(mars_embedding_model=PACKAGED_MINILM))
+    check_augmentation_models(config(mars_strategy="uniform", mars_embedding_model="org/never-used"))  # not needed
+    with pytest.raises(ModelSourceError, match="mars_embedding_model"):
+        check_augmentation_models(config(mars_embedding_model="org/not-cached"))
+    with pytest.raises(ModelSourceError, match="mars_paraphraser_model"):
+        check_augmentation_models(config(mars_embedding_model=PACKAGED_MINILM, mars_paraphraser="seq2seq",
+                                         mars_paraphraser_model="org/not-cached-t5"))

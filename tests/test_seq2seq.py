@@ -16,7 +16,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from trl_mars.augment.base import Paraphraser
-from trl_mars.augment.seq2seq import Seq2SeqParaphraser, filter_paraphrases, is_repetitive, split_sentences
+from trl_mars.augment.model_source import ModelSourceError
+from trl_mars.augment.seq2seq import (
+    Seq2SeqParaphraser,
+    check_seq2seq_model,
+    filter_paraphrases,
+    is_repetitive,
+    split_sentences,
+)
 
 PAD, EOS, UNK = 0, 1, 2
 
@@ -406,8 +413,18 @@ def test_loads_model_and_tokenizer_from_a_local_path(model, tokenizer, tmp_path)
     # local copy exercises it offline.
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    p = Seq2SeqParaphraser(str(tmp_path), max_new_tokens=6, progress=False, device="cpu")
+    check_seq2seq_model(tmp_path)  # a Path is a model id too
+    p = Seq2SeqParaphraser(tmp_path, max_new_tokens=6, progress=False, device="cpu")
     assert p.fingerprint()["model"] == str(tmp_path)
     assert not p.model.training
     out = p.paraphrase(["the cat sat on the mat ."], 2)
     assert len(out) == 1 and len(out[0]) <= 2
+
+
+def test_unloadable_paraphraser_model_fails_fast_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError) as info:
+        check_seq2seq_model("humarin/not-cached-paraphraser")
+    assert "mars_paraphraser_model" in str(info.value) and "mars_paraphraser='lexical'" in str(info.value)
+    with pytest.raises(ModelSourceError, match="not a saved model"):
+        Seq2SeqParaphraser(tmp_path, progress=False)  # checked before transformers tries to load it

@@ -171,10 +171,12 @@ class MarsRewardConfig(RewardConfig):
         default=5, metadata={"help": "Rewrite attempts per side (rejected first, then chosen). Paper: 5."}
     )
     mars_label_check: str = field(
-        default="reward_model",
+        default="judge",
         metadata={
-            "help": "How a rewrite is checked to keep the preference: 'reward_model' (the current model must still "
-            "prefer the chosen side) or 'judge' (a chat call).",
+            "help": "How a rewrite is checked to keep the preference: 'judge' (a chat call to the refiner's model; "
+            "a judge without an answer rejects the rewrite as 'failed') or 'reward_model' (the model being trained "
+            "must still prefer the chosen side, as in the paper; unreliable in round 1, where its head is untrained "
+            "and its verdicts are coin flips).",
             "choices": list(LABEL_CHECKS),
         },
     )

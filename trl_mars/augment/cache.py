@@ -2,8 +2,8 @@
 
 One SQLite file under `mars_cache_dir`. A key is the SHA-256 of a namespace (back-end, model, decoding
 parameters, prompt-template version: whatever `fingerprint()` returns) and the input key (usually the input text
-and the number of variants asked for). Values are JSON. Every `put_many` commits, so a run killed with SIGKILL
-loses at most the answers of the chunk in flight. WAL journaling and a busy timeout let several processes (ranks,
+and the number of variants asked for). Values are JSON. Every `put_many` commits before it returns; the chat client
+writes each answer the moment it arrives, so a run killed with SIGKILL loses at most the requests in flight. WAL journaling and a busy timeout let several processes (ranks,
 concurrent jobs) read and write the same file safely.
 """
 

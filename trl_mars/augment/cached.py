@@ -1,7 +1,9 @@
 """A caching wrapper for any `Paraphraser`: no text is ever sent to a back-end twice.
 
-Answers are stored in the `AugmentationCache` chunk by chunk, as soon as each chunk comes back, so a run killed
-with SIGKILL loses at most the chunk in flight and a re-run asks only for what is missing.
+Final answers (the variants of a text) are stored in the `AugmentationCache` chunk by chunk, as soon as each chunk
+comes back, and a re-run asks the back-end only for what is missing. A back-end that pays per request keeps its
+own finer record in the same cache: the chat client writes every completed answer as it arrives (see
+`client.ChatClient`), so a run killed in the middle of a chunk loses only the requests in flight.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ class CachedParaphraser:
     The cache namespace is ``{"op": "paraphrase", **inner.fingerprint()}``: changing the back-end, the model, the
     decoding parameters or the prompt template starts a fresh namespace; nothing else does.
 
-    Failed items are not cached: a back-end that can fail (the chat back-end) reports the indices of the items of its
-    last call that failed in ``inner.last_failed``; those come back as ``[]`` for this run and are asked again next
-    time. A ``[]`` for an index not in ``last_failed`` is a genuine answer ("no acceptable variant") and is cached.
+    Failed items are not cached here: a back-end that can fail (the chat back-end) reports the indices of the items
+    of its last call that failed in ``inner.last_failed``; those come back as ``[]`` for this run and go back to the
+    back-end next time (where the chat client replays the answers it already has and asks only for what failed in
+    transport). A ``[]`` for an index not in ``last_failed`` is a genuine answer ("no acceptable variant") and is cached.
 
     Counters (cumulative over calls): ``hits`` (unique texts found in the cache), ``misses``, ``calls_made`` (texts
     sent to the inner back-end) and ``failed`` (texts whose answer failed).

@@ -1,41 +1,19 @@
-"""OpenAI-compatible chat back-end: a paraphraser, a judge, and the client that the refiner also uses.
+"""OpenAI-compatible chat back-ends: the paraphraser and the judge (the refiner lives in `refiner`).
 
-Everything goes through the official `openai` client (so any OpenAI-compatible server works: OpenAI, Azure-style
-gateways, vLLM, TGI, llama.cpp, ...). The client's own retries are switched off; `ChatClient` retries by itself so
-that it can also retry *malformed answers* (content that is not the JSON object asked for), count what happened, and
-give up on one item without stopping the run.
-
-Secrets: the API key is read from an environment variable (by default `OPENAI_API_KEY`) and handed to the `openai`
-client only. It is never stored on our objects, never part of a `fingerprint()` (so never part of a cache key),
-and it is redacted from every message we log or raise.
-
-Prompt templates are versioned text files in `trl_mars/augment/prompts/` (`<task>_v<N>.txt`). Data (dialogue
-context, responses, texts to paraphrase) is always placed between `<<<NAME>>>` / `<<<END NAME>>>` markers and every
-system message says that text between markers is data, never instructions. Marker-like sequences inside the data
-are defused (`<<<` -> `< < <`) so data cannot close its own block and pose as instructions.
+The HTTP side (retries, redaction, concurrency, the answer cache) is `client.ChatClient`; the prompts are the
+versioned templates of `templates`. Both are re-exported here because they are what a user of the chat back-ends
+configures.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import random
-import re
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-from importlib import resources
+from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-logger = logging.getLogger("trl_mars")
-
-Messages = list[dict[str, str]]
-Schema = Mapping[str, "type | tuple[type, ...]"] | Sequence[str]
+from .client import ChatClient, sanitize_url
+from .templates import Messages, PromptTemplate, load_template, render_messages
 
 __all__ = [
     "ChatClient",
@@ -46,408 +24,6 @@ __all__ = [
     "render_messages",
     "sanitize_url",
 ]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Prompt templates
-# --------------------------------------------------------------------------------------------------------------------
-
-_PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
-_SECTION = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
-
-
-def _defuse(text: str) -> str:
-    """Makes sure data cannot open or close a `<<<...>>>` block of its own."""
-    return text.replace("<<<", "< < <").replace(">>>", "> > >")
-
-
-class PromptTemplate:
-    """A versioned prompt file: a `[system]` section and a `[user]` section with `{{field}}` placeholders."""
-
-    def __init__(self, name: str, text: str):
-        self.name = name
-        self.sha = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        parts = _SECTION.split(text)
-        # split() with one capture group gives ['', 'system', body, 'user', body]
-        sections = {parts[i]: parts[i + 1].strip("\n") for i in range(1, len(parts) - 1, 2)}
-        if set(sections) != {"system", "user"}:
-            raise ValueError(f"Prompt template {name!r} needs exactly a [system] and a [user] section.")
-        self.system = sections["system"].strip()
-        self.user = sections["user"].strip()
-
-    @property
-    def fingerprint(self) -> dict[str, str]:
-        """The template's identity for cache keys: its file name (with version) and a hash of its text."""
-        return {"template": self.name, "template_sha": self.sha}
-
-    def render(self, **fields: Any) -> Messages:
-        """Fills the placeholders in one pass (so data that looks like `{{field}}` is never expanded)."""
-
-        def fill(template: str) -> str:
-            def sub(match: re.Match[str]) -> str:
-                key = match.group(1)
-                if key not in fields:
-                    raise KeyError(f"Prompt template {self.name!r} needs the field {key!r}.")
-                return _defuse(str(fields[key]))
-
-            return _PLACEHOLDER.sub(sub, template)
-
-        return [{"role": "system", "content": fill(self.system)}, {"role": "user", "content": fill(self.user)}]
-
-
-@lru_cache(maxsize=None)
-def load_template(task: str, version: str = "v1") -> PromptTemplate:
-    """Loads `prompts/<task>_<version>.txt` from the installed package."""
-    name = f"{task}_{version}"
-    path = resources.files("trl_mars.augment").joinpath("prompts", f"{name}.txt")
-    if not path.is_file():
-        raise FileNotFoundError(f"No prompt template {name!r} in trl_mars/augment/prompts/.")
-    return PromptTemplate(name, path.read_text(encoding="utf-8"))
-
-
-def render_messages(task: str, version: str = "v1", **fields: Any) -> Messages:
-    return load_template(task, version).render(**fields)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def sanitize_url(url: str | None) -> str | None:
-    """Drops user:password, query and fragment from a URL (they may carry credentials)."""
-    if url is None:
-        return None
-    parts = urlsplit(str(url))
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-class MalformedAnswer(ValueError):
-    """The model answered, but not with the JSON object asked for."""
-
-
-class _Fatal(RuntimeError):
-    pass
-
-
-def _extract_json(content: str | None) -> Any:
-    if content is None:
-        raise MalformedAnswer("empty message content")
-    text = content.strip()
-    fenced = re.fullmatch(r"```(?:json|JSON)?\s*\n?(.*?)\n?\s*```", text, flags=re.DOTALL)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MalformedAnswer(f"content is not JSON ({exc.msg})") from None
-
-
-def _message_content(response: Any) -> str | None:
-    """The first choice's text; a body that is not a ChatCompletion (a proxy's HTML page, ...) is malformed."""
-    try:
-        choices = response.choices
-        if not choices:
-            raise MalformedAnswer("no choices in the answer")
-        choice = choices[0]
-        if choice.finish_reason == "length":
-            raise MalformedAnswer("answer cut off at the token limit")
-        return choice.message.content
-    except (AttributeError, TypeError, IndexError, KeyError):
-        raise MalformedAnswer(f"the body is not a chat completion ({type(response).__name__})") from None
-
-
-def _check_schema(obj: Any, schema: Schema, validate: Callable[[dict], bool] | None) -> dict:
-    if not isinstance(obj, dict):
-        raise MalformedAnswer(f"expected a JSON object, got {type(obj).__name__}")
-    items = schema.items() if isinstance(schema, Mapping) else ((key, object) for key in schema)
-    for key, kind in items:
-        if key not in obj:
-            raise MalformedAnswer(f"missing key {key!r}")
-        value = obj[key]
-        # bool is a subclass of int: only accept it where bool is asked for
-        if isinstance(value, bool) and kind is not object and not _allows_bool(kind):
-            raise MalformedAnswer(f"key {key!r} has the wrong type (bool)")
-        if not isinstance(value, kind):
-            raise MalformedAnswer(f"key {key!r} has the wrong type ({type(value).__name__})")
-    if validate is not None and not validate(obj):
-        raise MalformedAnswer("answer failed validation")
-    return obj
-
-
-def _allows_bool(kind: Any) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return bool in kinds
-
-
-class ChatClient:
-    """A small, robust wrapper over `openai.OpenAI` for many independent JSON-answer chat requests.
-
-    Args:
-        model: chat model name.
-        base_url: OpenAI-compatible endpoint (e.g. ``http://localhost:8000/v1``). None: the `openai` client's own
-            default (the ``OPENAI_BASE_URL`` variable, else api.openai.com).
-        api_key_env: name of the environment variable that holds the API key. The key is read once here and given
-            to the `openai` client; it is never stored on this object, logged, or put in a fingerprint.
-        timeout: seconds per HTTP request before it counts as a timeout (and is retried).
-        max_retries: retries per item after the first try, on HTTP 429, 408/409, 5xx, timeouts, connection errors
-            and malformed answers (non-JSON content, or JSON missing the required keys). After that the item is
-            marked failed (None) and the run goes on. Other 4xx answers fail the item at once; 401/403 stop the run.
-        max_concurrency: requests in flight at once (a thread pool).
-        backoff_base, backoff_max: exponential backoff with full jitter: before retry k (k = 1, 2, ...) sleep a
-            uniform random time in [0, min(backoff_max, backoff_base * 2**(k-1))]; a server's ``Retry-After``
-            header raises the sleep to that value (capped at ``backoff_max``).
-        max_tokens: optional cap on generated tokens per request (sent as ``max_completion_tokens``).
-        cache_tag: optional string added to `fingerprint()`. The endpoint is *not* part of the fingerprint (the same
-            model name through different gateways shares cached answers); set a tag to keep them apart.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        max_concurrency: int = 8,
-        backoff_base: float = 1.0,
-        backoff_max: float = 30.0,
-        max_tokens: int | None = None,
-        cache_tag: str | None = None,
-    ):
-        import openai
-
-        if max_retries < 0 or max_concurrency < 1 or timeout <= 0:
-            raise ValueError("ChatClient needs max_retries >= 0, max_concurrency >= 1 and timeout > 0.")
-        self.model = model
-        self.api_key_env = api_key_env
-        self.timeout = float(timeout)
-        self.max_retries = int(max_retries)
-        self.max_concurrency = int(max_concurrency)
-        self.backoff_base = float(backoff_base)
-        self.backoff_max = float(backoff_max)
-        self.max_tokens = max_tokens
-        self.cache_tag = cache_tag
-
-        key = os.environ.get(api_key_env)
-        if not key:
-            raise RuntimeError(
-                f"No API key for the chat back-end: the environment variable {api_key_env!r} is not set or empty. "
-                f"Export it (or point `mars_chat_api_key_env` at the variable that holds the key)."
-            )
-        # Only used to scrub the key out of messages; a digest-free, in-memory closure, not an attribute.
-        self._redact = _make_redactor(key)
-        kwargs: dict[str, Any] = {"api_key": key, "timeout": self.timeout, "max_retries": 0}
-        if base_url is not None:
-            kwargs["base_url"] = base_url
-        self._client = openai.OpenAI(**kwargs)
-        self.base_url = sanitize_url(str(self._client.base_url))
-        del key
-
-        self._lock = threading.Lock()
-        self.requests_sent = 0
-        self.retries = 0
-        self.failures = 0
-
-    @classmethod
-    def from_config(cls, config: Any, model: str | None = None, **overrides: Any) -> ChatClient:
-        """Builds a client from a `MarsRewardConfig` (`mars_chat_*` fields); `model` overrides `mars_chat_model`."""
-        kwargs: dict[str, Any] = dict(
-            base_url=config.mars_chat_base_url,
-            api_key_env=config.mars_chat_api_key_env,
-            timeout=config.mars_chat_timeout,
-            max_retries=config.mars_chat_max_retries,
-            max_concurrency=config.mars_chat_max_concurrency,
-        )
-        kwargs.update(overrides)
-        return cls(model or config.mars_chat_model, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"ChatClient(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
-
-    def fingerprint(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.model}
-        if self.cache_tag:
-            out["cache_tag"] = self.cache_tag
-        return out
-
-    def stats(self) -> dict[str, int]:
-        return {"requests_sent": self.requests_sent, "retries": self.retries, "failures": self.failures}
-
-    # ----- errors -------------------------------------------------------------------------------------------------
-
-    def _describe(self, exc: BaseException) -> str:
-        status = getattr(exc, "status_code", None)
-        text = str(exc)
-        if len(text) > 300:
-            text = text[:300] + "..."
-        label = type(exc).__name__ + (f" (HTTP {status})" if status else "")
-        return self._redact(f"{label}: {text}")
-
-    def check_connection(self) -> None:
-        """A cheap call that fails fast, with a clear message, when the endpoint or the key does not work.
-
-        Lists the models (GET /models); servers that do not implement that get a 1-token chat completion instead.
-        Connection errors and timeouts are retried like any request before giving up.
-        """
-        import openai
-
-        where = f"{self.base_url} (model {self.model!r}, key from ${self.api_key_env})"
-        last: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
-            try:
-                try:
-                    self._count_request()
-                    self._client.models.list()
-                except (openai.NotFoundError, openai.UnprocessableEntityError):
-                    self._count_request()
-                    self._client.chat.completions.create(
-                        model=self.model, messages=[{"role": "user", "content": "ping"}], max_completion_tokens=1
-                    )
-                return
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise RuntimeError(
-                    f"The chat endpoint {where} rejected the API key ({self._describe(exc)}). Check the value of the "
-                    f"environment variable {self.api_key_env!r}."
-                ) from None
-            except openai.NotFoundError as exc:
-                raise RuntimeError(
-                    f"The chat endpoint {where} does not know the model: {self._describe(exc)}"
-                ) from None
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
-                last = exc
-                if attempt < self.max_retries:
-                    self._count_retry()
-                    time.sleep(self._backoff(attempt + 1, exc))
-            except openai.APIStatusError as exc:
-                raise RuntimeError(f"The chat endpoint {where} answered with an error: {self._describe(exc)}") from None
-        assert last is not None
-        kind = "timed out" if isinstance(last, openai.APITimeoutError) else "is unreachable"
-        raise RuntimeError(
-            f"The chat endpoint {where} {kind} after {self.max_retries + 1} tries ({self._describe(last)}). Check "
-            f"`mars_chat_base_url` / OPENAI_BASE_URL and that the server is running."
-        ) from None
-
-    # ----- requests -----------------------------------------------------------------------------------------------
-
-    def _count_request(self) -> None:
-        with self._lock:
-            self.requests_sent += 1
-
-    def _count_retry(self) -> None:
-        with self._lock:
-            self.retries += 1
-
-    def _backoff(self, retry: int, exc: BaseException | None = None) -> float:
-        delay = random.uniform(0.0, min(self.backoff_max, self.backoff_base * (2 ** (retry - 1))))
-        response = getattr(exc, "response", None)
-        if response is not None:
-            try:
-                after = float(response.headers.get("retry-after", ""))
-            except (TypeError, ValueError):
-                after = None
-            if after is not None and after > 0:
-                delay = max(delay, min(after, self.backoff_max))
-        return delay
-
-    def _one(
-        self,
-        messages: Messages,
-        schema: Schema,
-        validate: Callable[[dict], bool] | None,
-        temperature: float,
-        stop: threading.Event,
-    ) -> dict | None:
-        import openai
-
-        request: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": temperature,
-            "response_format": {"type": "json_object"},
-        }
-        if self.max_tokens is not None:
-            request["max_completion_tokens"] = self.max_tokens
-        for attempt in range(self.max_retries + 1):
-            if stop.is_set():
-                return None
-            try:
-                self._count_request()
-                response = self._client.chat.completions.create(**request)
-                return _check_schema(_extract_json(_message_content(response)), schema, validate)
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                stop.set()
-                raise _Fatal(
-                    f"The chat endpoint {self.base_url} rejected the API key from {self.api_key_env!r} in the middle "
-                    f"of the run ({self._describe(exc)})."
-                ) from None
-            except (MalformedAnswer, openai.APIConnectionError, openai.APIResponseValidationError) as exc:
-                error: BaseException = exc
-            except openai.APIStatusError as exc:
-                if not (exc.status_code in (408, 409, 429) or exc.status_code >= 500):
-                    logger.warning("chat request failed, not retryable: %s", self._describe(exc))
-                    break
-                error = exc
-            if attempt < self.max_retries:
-                self._count_retry()
-                delay = self._backoff(attempt + 1, error)
-                logger.info(
-                    "chat request failed (%s); retry %d/%d in %.2fs",
-                    self._describe(error), attempt + 1, self.max_retries, delay,
-                )
-                time.sleep(delay)
-            else:
-                logger.warning("chat request failed after %d tries: %s", attempt + 1, self._describe(error))
-        with self._lock:
-            self.failures += 1
-        return None
-
-    def complete_json(
-        self,
-        messages_list: Sequence[Messages],
-        schema_keys: Schema,
-        *,
-        temperature: float = 0.0,
-        validate: Callable[[dict], bool] | None = None,
-    ) -> list[dict | None]:
-        """Sends every message list as one chat request (up to `max_concurrency` at once).
-
-        Returns, in order, the parsed JSON object of each answer, or None for an item that failed after the retries.
-        `schema_keys` names the required keys, or maps them to the required Python type(s); `validate` may check more.
-        """
-        if not messages_list:
-            return []
-        stop = threading.Event()
-        workers = min(self.max_concurrency, len(messages_list))
-        if workers == 1:
-            try:
-                return [self._one(m, schema_keys, validate, temperature, stop) for m in messages_list]
-            except _Fatal as exc:
-                raise RuntimeError(str(exc)) from None
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trl_mars_chat") as pool:
-            futures = [pool.submit(self._one, m, schema_keys, validate, temperature, stop) for m in messages_list]
-            results: list[dict | None] = []
-            fatal: BaseException | None = None
-            for future in futures:
-                try:
-                    results.append(future.result())
-                except _Fatal as exc:
-                    fatal = exc
-                    results.append(None)
-        if fatal is not None:
-            raise RuntimeError(str(fatal)) from None
-        return results
-
-
-def _make_redactor(secret: str) -> Callable[[str], str]:
-    def redact(text: str) -> str:
-        return text.replace(secret, "***") if secret else text
-
-    return redact
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -526,37 +102,33 @@ class ChatJudge:
     reproducible). ``order="fixed"`` always shows the chosen response as A; ``order="both"`` asks twice, in both
     orders, and counts the chosen response as preferred only when both answers agree (twice the calls).
 
-    With a `cache`, every answer is stored and later runs make no calls for the same inputs.
+    Answers are cached by the client (`ChatClient(cache=...)`): every completed answer is stored as it arrives,
+    so a re-run makes no judge calls for the same inputs.
     """
 
     name = "chat"
     ORDERS = ("hashed", "fixed", "both")
+    # The schemas sent to endpoints that take one: a conforming server cannot answer anything else.
+    PREFERENCE_SCHEMA = {"type": "object", "properties": {"better": {"type": "string", "enum": ["A", "B"]}},
+                         "required": ["better"], "additionalProperties": False}
 
-    def __init__(self, client: ChatClient, *, order: str = "hashed", cache: Any = None, prompt_version: str = "v1"):
+    def __init__(self, client: ChatClient, *, order: str = "hashed", prompt_version: str = "v1"):
         if order not in self.ORDERS:
             raise ValueError(f"order must be one of {self.ORDERS}, got {order!r}")
         self.client = client
         self.order = order
-        self.cache = cache
         self.preference_template = load_template("judge_preference", prompt_version)
         self.harm_template = load_template("judge_harm", prompt_version)
 
-    def _ask(self, template: PromptTemplate, op: str, fields: list[dict[str, str]], key: str,
-             validate: Callable[[dict], bool]) -> list[Any]:
-        namespace = {"op": op, "backend": "chat", **self.client.fingerprint(), **template.fingerprint}
+    def _ask(self, template: PromptTemplate, fields: list[dict[str, str]], key: str, kind: type,
+             validate: Callable[[dict], bool], json_schema: dict[str, Any] | None = None) -> list[Any]:
+        """One answer per distinct field set (identical questions in a batch are asked once); None: no answer."""
         keys = [json.dumps(f, sort_keys=True, ensure_ascii=False) for f in fields]
-        found = self.cache.get_many(namespace, keys) if self.cache is not None else {}
-        todo = sorted({k for k in keys if k not in found})
-        if todo:
-            by_key = {k: f for k, f in zip(keys, fields)}
-            answers = self.client.complete_json(
-                [template.render(**by_key[k]) for k in todo], {key: str if key == "better" else bool},
-                validate=validate,
-            )
-            fresh = {k: a[key] for k, a in zip(todo, answers) if a is not None}
-            if self.cache is not None:
-                self.cache.put_many(namespace, fresh)
-            found.update(fresh)
+        todo = sorted(set(keys))
+        by_key = dict(zip(keys, fields))
+        answers = self.client.complete_json([template.render(**by_key[k]) for k in todo], {key: kind},
+                                            validate=validate, json_schema=json_schema)
+        found = {k: a[key] for k, a in zip(todo, answers) if a is not None}
         return [found.get(k) for k in keys]
 
     def _swap(self, prompt: str, chosen: str, rejected: str) -> bool:
@@ -575,8 +147,8 @@ class ChatJudge:
                 a, b = (rejected, chosen) if swap else (chosen, rejected)
                 fields.append({"prompt": prompt, "response_a": a, "response_b": b})
         answers = self._ask(
-            self.preference_template, "judge_preference", fields, "better",
-            lambda obj: obj["better"].strip().upper() in ("A", "B"),
+            self.preference_template, fields, "better", str,
+            lambda obj: obj["better"].strip().upper() in ("A", "B"), self.PREFERENCE_SCHEMA,
         )
         out: list[bool | None] = []
         for start, swaps in plan:
@@ -596,4 +168,4 @@ class ChatJudge:
     def is_harmful(self, texts_with_prompts: Sequence[tuple[str, str]]) -> list[bool | None]:
         """For (prompt, response) pairs: is the response harmful? None: no answer after the retries."""
         fields = [{"prompt": p, "response": r} for p, r in texts_with_prompts]
-        return self._ask(self.harm_template, "judge_harm", fields, "harmful", lambda obj: True)
+        return self._ask(self.harm_template, fields, "harmful", bool, lambda obj: True)

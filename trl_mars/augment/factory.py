@@ -18,9 +18,12 @@ def build_cache(args: MarsRewardConfig) -> AugmentationCache:
     return AugmentationCache(cache_dir(args))
 
 
-def build_chat_client(args: MarsRewardConfig, model: str):
-    """An OpenAI-compatible client, checked at once: a missing key or dead endpoint fails now, not an hour in."""
-    from .chat import ChatClient
+def build_chat_client(args: MarsRewardConfig, model: str, cache: AugmentationCache | None = None):
+    """An OpenAI-compatible client, checked at once: a missing key or dead endpoint fails now, not an hour in.
+
+    With `cache`, every answer the endpoint completes is stored as it arrives and replayed by an identical re-run.
+    """
+    from .client import ChatClient
 
     client = ChatClient(
         model,
@@ -29,6 +32,7 @@ def build_chat_client(args: MarsRewardConfig, model: str):
         timeout=args.mars_chat_timeout,
         max_retries=args.mars_chat_max_retries,
         max_concurrency=args.mars_chat_max_concurrency,
+        cache=cache,
     )
     client.check_connection()
     return client
@@ -53,14 +57,14 @@ def build_paraphraser(args: MarsRewardConfig, cache: AugmentationCache) -> Parap
     elif args.mars_paraphraser == "chat":
         from .chat import ChatParaphraser
 
-        inner = ChatParaphraser(build_chat_client(args, args.mars_paraphraser_model or args.mars_chat_model))
+        inner = ChatParaphraser(build_chat_client(args, args.mars_paraphraser_model or args.mars_chat_model, cache))
     else:  # the config validates names; this guards direct misuse
         raise ValueError(f"Unknown paraphrase back-end {args.mars_paraphraser!r}.")
     return CachedParaphraser(inner, cache)
 
 
 def build_embedder(args: MarsRewardConfig) -> Embedder:
-    from ..semantic import SentenceTransformerEmbedder
+    from .embedding import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(args.mars_embedding_model)
 
@@ -72,20 +76,36 @@ def build_refiner(
     *,
     reward_check: PreferenceCheck | None = None,
 ) -> Refiner | None:
-    """The chat refiner with its label check (current reward model or a judge) and harm check, or None."""
+    """The chat refiner with its label check (a chat judge by default, or the current reward model) and harm check.
+
+    A judge that gives no answer reports None, which the refiner counts as "failed" (never as a flipped label or a
+    harmful text). The reward-model check is the paper's r^{t-1}; in round 1 its head is untrained, so its verdicts
+    are coin flips there, which is why 'judge' is the default.
+    """
     if args.mars_refiner == "none":
         return None
     from .chat import ChatJudge
     from .refiner import ChatRefiner
 
-    client = build_chat_client(args, args.mars_refiner_model)
-    judge = ChatJudge(client, cache=cache)
-    if args.mars_label_check == "judge" or reward_check is None:
-        label_check: PreferenceCheck = lambda triples: [bool(v) for v in judge.prefers_chosen(triples)]
-    else:
+    client = build_chat_client(args, args.mars_refiner_model, cache)
+    judge = ChatJudge(client)
+    label_check: PreferenceCheck = judge.prefers_chosen
+    if args.mars_label_check == "reward_model" and reward_check is not None:
         label_check = reward_check
-    harm_check = None
-    if args.mars_harm_check == "judge":
-        harm_check = lambda items: [v is not False for v in judge.is_harmful(items)]  # no answer counts as harmful
-    return ChatRefiner(client, embedder, label_check, harm_check, max_attempts=args.mars_refiner_max_attempts,
-                       cache=cache)
+    harm_check = judge.is_harmful if args.mars_harm_check == "judge" else None
+    return ChatRefiner(client, embedder, label_check, harm_check, max_attempts=args.mars_refiner_max_attempts)
+
+
+def check_augmentation_models(args: MarsRewardConfig) -> None:
+    """Checks, in seconds and without loading anything, that every local model the configured back-ends will need
+    can load here: the embedder (when semantic labels are used) and the seq2seq paraphraser. Raises
+    `ModelSourceError` with the fix in the message. Call it at start-up, on every rank, before the reward model
+    loads. (The chat endpoint is checked when its client is built: `build_chat_client`.)"""
+    if args.uses_semantic_labels:
+        from .embedding import check_embedding_model
+
+        check_embedding_model(args.mars_embedding_model)
+    if args.mars_paraphraser == "seq2seq":
+        from .seq2seq import check_seq2seq_model
+
+        check_seq2seq_model(args.mars_paraphraser_model or DEFAULT_SEQ2SEQ_PARAPHRASER)

@@ -17,15 +17,30 @@ exactly; "a"/"an" before a replaced word is adjusted. Text inside fenced code bl
 URLs, e-mail addresses, HTML tags and LaTeX display/inline math delimited by ``$$``, ``\\(\\)``, ``\\[\\]`` is
 never touched.
 
+Fallback operations (used only when the operations above give fewer than `n` variants of a text of at least three
+words, so that every non-trivial text can be augmented; `fallback=False` turns them off):
+
+- clause fronting: "If X, Y." <-> "Y if X." (also unless/because/although), "Please do X." -> "Do X, please.";
+- swaps of two adjacent items of an unordered (bullet) list;
+- sentence openers: "So, " / "Well, " / "Now, " before a statement, "So, " / "Tell me, " / "Quick question: " /
+  "Just curious: " before a question (the next word is lower-cased only when it is a function word); a leading
+  "So"/"Well"/"Oh"/"Okay" may be dropped; a sentence that starts in lower case may be capitalised;
+- a missing full stop (or question mark, for a line that starts like a question) at the end of a prose line;
+- punctuation normalisation: two spaces after a stop become one, "..." <-> "…".
+
+Dialogue role markers ("Human:", "Assistant:"), list markers and the protected regions are never edited.
+
 Variants combine subsets of the edit sites. For a given (seed, text, n) the output is deterministic (the random
 generator is seeded with a SHA-256 of the three, never Python's per-process `hash()`), the variants are distinct
-and none equals the source. When the text has few edit sites, fewer than `n` variants come back (possibly none,
-e.g. for "Hi."); callers report the shortfall.
+and none equals the source. When a text has few edit sites, fewer than `n` variants come back (none for
+one- and two-word texts such as "Hi there", and for texts that are only code); callers report the shortfall.
+Coverage on the development data: `benchmarks/RESULTS.md` (lexical coverage).
 
-Limits: the rewrites are surface-level only. Nothing is reordered, no sentence structure changes, no
-part-of-speech tagging is done (the context guards are heuristics, so a rare rewrite can read awkwardly), only
-English is covered, and diversity is low on very short texts. It is the dependency-free default for offline runs
-and tests; use the `seq2seq` or `chat` back-ends for real paraphrase diversity.
+Limits: the rewrites are surface-level only. Sentences are not reordered (only bullet items are), no
+part-of-speech tagging is done (the context guards are heuristics, so a rare rewrite can read awkwardly, and an
+opener can shift the tone a little), only English is covered, and diversity is low on very short texts. It is the
+dependency-free default for offline runs and tests; use the `seq2seq` or `chat` back-ends for real paraphrase
+diversity.
 """
 
 from __future__ import annotations
@@ -38,270 +53,15 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 __all__ = ["LexicalParaphraser", "protected_spans"]
 
 # ---------------------------------------------------------------------------------------------------------------
-# Synonym table.
-#
-# One entry per line:  [v|n] SOURCES [; after=w1,w2] [; before=w1,w2]
-#   "a = b = c"   a symmetric group: every member may be replaced by every other member;
-#   "a > b | c"   one-way: a may become b or c.
-#   "v"           verb entry: skipped right after a determiner or preposition ("the use", "for help");
-#   "n"           noun entry: applied only right after a determiner ("the answer" -> "the response").
-#   after=...     skipped when the preceding word is one of these;
-#   before=...    skipped when the following word is one of these;
-#   next=...      applied only when the following word is one of these ("@object" stands for the object
-#                 pronouns and determiners: "help you", "needs a", but not "helps inspire" or "specific needs");
-#   prev=...      applied only when the preceding word is one of these ("^": no preceding word on the line or
-#                 punctuation in between).
+# Synonym table: a package data file (augment/data/synonyms.txt), whose header documents the line format.
 # ---------------------------------------------------------------------------------------------------------------
-_SYNONYM_TABLE = r"""
-# --- verbs ---
-v help = assist ; next=@object,with
-v helps = assists ; next=@object,with
-v helped = assisted ; next=@object,with
-v helping = assisting ; next=@object,with
-n help > assistance ; before=desk,center,centre,page,menu,text,file
-v use > utilise | employ ; before=of,case,cases
-v uses > utilises | employs ; before=of
-v using > utilising | employing
-v used > utilised | employed ; before=to
-v utilise > use
-v utilize > use
-v utilises > uses
-v utilizes > uses
-v utilised > used
-v utilized > used
-v buy > purchase
-v purchase > buy ; next=@object
-v buys = purchases
-v bought > purchased
-v buying = purchasing
-v start = begin ; before=up,over,off,out
-v starts = begins ; before=up,over,off,out
-v try > attempt ; next=@object,to
-v attempt > try ; next=@object,to
-v tried = attempted ; before=on,out
-v trying = attempting ; before=on,out
-v need > require ; next=@object
-v needs > requires ; next=@object
-v needed > required ; before=to
-v require > need
-v requires > needs
-v choose = select
-v chooses = selects
-v chose > selected
-v chosen > selected
-v choosing = selecting
-v explain > clarify | describe
-v explains > clarifies | describes
-v explained > clarified | described
-v understand > comprehend ; before=that
-v understands > comprehends ; before=that
-v think > believe ; before=about,of,through,over,twice,ahead,back,up,again,out
-v suggest > recommend ; before=that
-v recommend > suggest
-v recommends > suggests
-v recommended > suggested
-v ensure > make sure
-v ensures > makes sure
-v allow > permit ; before=for
-v allows > permits ; before=for
-v allowed > permitted ; before=for
-v prevent > stop
-v prevents > stops
-v avoid > steer clear of
-v check > verify ; before=out,in,on,up,for,with,into,off,back,if,whether
-v contain > include
-v contains > includes
-v create > make
-v creates > makes
-v created > made
-v creating > making
-v build > construct ; before=up,on
-v builds > constructs ; before=up,on
-v built > constructed ; before=in,up,on
-v founded > established
-v provides > offers ; before=for
-v offers > provides
-v called > named ; before=me,you,him,her,us,them,it,back,up,out,off,for,on,in,upon,to,at
-v reduce > decrease | lower
-v obtain > get | acquire
-v obtains > gets | acquires
-v obtained > acquired
-v acquire > obtain
-v demonstrate > show
-v demonstrates > shows
-v discover > find
-v receive > get
-v receives > gets
-# --- verb phrases ---
-talk about > discuss
-talks about > discusses
-talked about > discussed
-talking about > discussing
-look for = search for
-looks for = searches for
-looking for = searching for
-find out > discover | learn
-finds out > discovers | learns
-found out > discovered | learned
-finding out > discovering
-figure out > work out | determine
-figured out > worked out | determined
-deal with > handle | address ; after=a,the,great,good
-deals with > addresses | handles
-dealing with > handling | addressing
-dealt with > handled | addressed
-known as > called
-served as > acted as
-located in > situated in
-consists of > is made up of | comprises
-mentioned in > referred to in
-come up with > devise | think of
-came up with > devised | thought of
-get rid of > eliminate | remove
-point out > note | highlight
-points out > notes | highlights
-pointed out > noted | highlighted
-carry out > perform | conduct
-carried out > performed | conducted
-make sure that > ensure that | make certain that
-want to > wish to
-wants to > wishes to
-wanted to > wished to
-would like to > want to | wish to
-happy to > glad to | pleased to
-glad to > happy to | pleased to
-shows that > demonstrates that | indicates that
-showed that > demonstrated that | indicated that
-is able to > can
-are able to > can
-unable to > not able to
-# --- adjectives ---
-big = large ; after=at,by,and
-huge = enormous = massive
-tiny > very small
-easy > simple | straightforward
-simple > straightforward
-difficult > challenging | hard
-complicated > complex
-important > crucial | essential
-essential = vital
-necessary > required
-numerous > many
-additional = extra
-appropriate = suitable
-obvious = evident
-similar = comparable
-smart = clever
-helpful = useful
-beautiful = lovely
-excellent = outstanding
-great > excellent ; before=deal,many,number,britain,lakes,wall,grandmother,grandfather
-whole > entire ; after=a,as,on
-entire > whole
-main > primary | key
-specific = particular ; after=in
-various > a variety of ; after=the,these,those,its,their,his,her,our,my,your,of
-several > a number of ; after=the,these,those,its,their,his,her,our,my,your,of
-illegal = unlawful
-hazardous > dangerous
-harmful > damaging
-scared > frightened
-famous > well-known
-# --- adverbs ---
-quickly = rapidly = swiftly
-often = frequently
-usually = typically
-commonly > often
-sometimes > occasionally
-rarely = seldom
-maybe = perhaps
-probably > likely
-really > truly
-completely = entirely
-nearly = almost
-mainly = primarily = chiefly
-mostly > largely
-especially = particularly
-immediately = instantly
-currently > at present
-previously > earlier
-soon > shortly ; after=as,how,too,so
-again > once more
-anyway = anyhow
-certainly = definitely
-basically = essentially
-initially > at first
-carefully > with care
-properly = correctly
-approximately = roughly
-significantly = considerably = substantially
-slightly > somewhat
-also > additionally ; after=but,and,or,not
-therefore = thus = consequently
-moreover = furthermore
-nevertheless = nonetheless
-although > even though ; after=even
-because > since ; after=just,only,not,simply,partly,mainly
-everyone = everybody
-someone = somebody
-anyone = anybody
-no one = nobody
-# --- nouns ---
-problem > issue
-problems > issues
-n answer > response
-n answers > responses
-method > approach ; before=call,calls,name,names,signature,body,chaining,definition,parameters,arguments
-methods > approaches ; before=call,calls,name,names,signature,signatures,body,definition,definitions
-goal > objective
-goals > objectives
-advantage > benefit ; after=take,takes,took,taken,taking
-advantages > benefits
-disadvantage = drawback
-disadvantages = drawbacks
-amount > quantity ; next=of
-mistake > error
-mistakes > errors
-option > choice
-choice > option ; after=your,my,their,his,her,our,of
-options = choices
-purpose > goal | aim ; after=on,serves,serve,served
-result > outcome ; before=in,from
-results > outcomes ; before=in,from
-topic > subject
-topics > subjects
-people > individuals ; prev=^,many,some,most,few,other,these,those,all,several,more,and,or,of,for,with,to,help,helps
-kids > children
-# --- phrases ---
-in order to > to | so as to
-a lot of = lots of ; after=quite,such,what
-a great deal of > a lot of
-because of > due to | owing to
-in addition to > besides
-such as > like | including
-for example = for instance
-at the moment > right now | currently
-right now > at the moment
-in the end > ultimately
-each other = one another
-most of the time > usually
-all the time > constantly
-in general > generally
-as a result > consequently
-in fact = indeed
-in spite of = despite
-prior to > before
-with regard to > regarding
-in the event that > if
-at this point in time > now
-so that > so
-thank you > thanks ; before=note,letter,card,notes,letters,cards
-"""
+_SYNONYM_TABLE = (files("trl_mars.augment") / "data" / "synonyms.txt").read_text(encoding="utf-8")
 
 # Words after which a verb reading is unlikely (so "v" entries are skipped) and which make a noun reading likely
 # (so "n" entries apply).
@@ -631,6 +391,84 @@ def _wants_an(word: str) -> bool:
     return w[:1] in "aeiou"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Fallback operations: used only when the operations above give fewer than `n` variants of a text of at least
+# `FALLBACK_MIN_WORDS` words, so that every non-trivial text can be augmented (the pairs MARS targets most must not
+# be the ones it cannot augment). They change structure or framing, never content words.
+# ---------------------------------------------------------------------------------------------------------------
+FALLBACK_MIN_WORDS = 3
+
+# Sentence starts: a line start (after a list bullet, a heading mark, a quote mark or a dialogue role such as
+# "Human:"), or the space after sentence-ending punctuation.
+_FALLBACK_LINE_START = re.compile(
+    r"(?m)^[ \t]*(?:(?:[-*+•]|\d+[.)]|#{1,6}|>)[ \t]+)?(?:(?:Human|Assistant|User|System|H|A):[ \t]*)?(?=[A-Za-z])"
+)
+_FALLBACK_AFTER_STOP = re.compile(r"(?<=[.!?])[\"'”’)\]]*[ \t]+(?=[A-Za-z])")
+# Words before a full stop that does not end a sentence.
+_ABBREVIATIONS = frozenset("mr mrs ms dr st vs etc eg ie jr sr prof no fig approx inc ltd co e.g i.e".split())
+# Sentence-initial words that are lower-cased after an inserted marker ("The cat" -> "Well, the cat"); any other
+# word (a name, "I", an acronym) keeps its capital.
+_LOWER_AFTER_MARKER = frozenset(
+    """a an the this that these those there here it its you your we our they their he his she her my some any
+    many most all each every if when what how why where who whom whose which can could would should do does did
+    is are was were will shall may might must have has had to in on at for with as one no not""".split()
+)
+# Markers put in front of a sentence: for statements, and for questions (a sentence that ends with "?").
+_STATEMENT_OPENERS = ("Well, ", "So, ", "Now, ")
+_QUESTION_OPENERS = ("So, ", "Tell me, ", "Quick question: ", "Just curious: ")
+# "Please tell me X." <-> "Tell me X, please."
+_LEADING_PLEASE = re.compile(r"Please,?[ \t]+(?P<rest>[A-Za-z][^.!?\n]*?)(?P<stop>[.!?])")
+_NO_OPENER_BEFORE = frozenset({"well", "so", "and", "but", "or", "please", "okay", "ok", "oh"})
+# Openers that may be dropped ("So you'd ..." -> "You'd ...", "Well, what ..." -> "What ...").
+_DROPPABLE_OPENER = re.compile(r"(?P<opener>(?:So|Well|Oh|Okay|OK|Ok)(?:,[ \t]*|[ \t]+))(?P<word>[A-Za-z][A-Za-z'’]*)")
+# A sentence that starts with one of these is a question (for the full stop a bare line gets).
+_QUESTION_WORDS = frozenset(
+    "what how why where who whom whose which when can could would should do does did is are was were will shall "
+    "may might am".split()
+)
+# Clause fronting: "If X, Y." <-> "Y if X." for subordinators whose clause can move without changing the meaning.
+_FRONTED_CLAUSE = re.compile(
+    r"(?P<sub>If|Unless|Because|Although|Though|Whenever|Once)[ \t]+(?P<clause>[^,.;:!?\n]+?),[ \t]+"
+    r"(?P<main>[^,.;:!?\n]+?)(?P<stop>[.!?])"
+)
+_TRAILING_CLAUSE = re.compile(
+    r"(?P<main>[A-Z][^,.;:!?\n]*?[A-Za-z])[ \t]+(?P<sub>if|unless|because|although)[ \t]+"
+    r"(?P<clause>[^,.;:!?\n]+?)(?P<stop>[.!?])"
+)
+_LIST_ITEM_PREFIX = re.compile(r"(?:^|\n)[ \t]*(?:[-*+•]|\d+[.)])[ \t]+\Z")
+_BULLET_LINE = re.compile(r"(?m)^(?P<mark>[ \t]*[-*•][ \t]+)(?P<body>[^\n]+)$")
+_DOUBLE_SPACE = re.compile(r"(?<=[.!?,;:])[ \t]{2,}(?=\S)")
+_ELLIPSIS = re.compile(r"\.\.\.(?!\.)|…")
+
+
+def _lower_first(word: str) -> str:
+    return word[:1].lower() + word[1:] if word.lower() in _LOWER_AFTER_MARKER and not word.isupper() else word
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _sentence_starts(text: str) -> list[int]:
+    starts = {m.end() for m in _FALLBACK_LINE_START.finditer(text)}
+    for m in _FALLBACK_AFTER_STOP.finditer(text):
+        before = re.search(r"([A-Za-z.]+)[.!?][\"'”’)\]]*\Z", text[max(0, m.start() - 12) : m.start()])
+        if before and (before.group(1).lower() in _ABBREVIATIONS or len(before.group(1)) == 1):
+            continue  # "Mr. Smith", "e.g. this", "J. Doe": not a sentence start
+        starts.add(m.end())
+    return sorted(starts)
+
+
+def _sentence_end(text: str, start: int) -> tuple[int, str]:
+    """(index just past the sentence's stop or its line end, the stop character or "")."""
+    m = re.compile(r"[.!?]|\n").search(text, start)
+    if m is None:
+        return len(text.rstrip()), ""
+    if m.group(0) == "\n":
+        return len(text[:m.start()].rstrip()), ""
+    return m.end(), m.group(0)
+
+
 @dataclass(frozen=True)
 class _Site:
     start: int
@@ -647,15 +485,17 @@ class LexicalParaphraser:
 
     name = "lexical"
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, fallback: bool = True):
         self.seed = int(seed)
+        self.fallback = bool(fallback)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"backend": "lexical", "version": 1, "seed": self.seed}
+        return {"backend": "lexical", "version": 2, "seed": self.seed, "fallback": self.fallback}
 
     # ----- edit sites -----
-    def edit_sites(self, text: str) -> list[_Site]:
-        """All non-overlapping edit sites of `text`, in order (markers win over contractions over synonyms)."""
+    def edit_sites(self, text: str, fallback: bool = False) -> list[_Site]:
+        """All non-overlapping edit sites of `text`, in order (markers win over contractions over synonyms; with
+        `fallback`, the fallback operations fill in where those leave room)."""
         occupied: list[tuple[int, int]] = sorted(protected_spans(text))
         starts = [s for s, _ in occupied]
         sites: list[_Site] = []
@@ -666,14 +506,14 @@ class LexicalParaphraser:
                 return False
             return not (i < len(occupied) and occupied[i][0] < end)
 
-        def take(start: int, end: int, options: Sequence[str]) -> None:
+        def take(start: int, end: int, options: Sequence[str], keep_case: bool = False) -> None:
             if not options or not free(start, end):
                 return
             source = text[start:end]
             rendered = []
             apostrophe = "’" if "’" in source or ("’" in text and "'" not in text) else "'"
             for option in options:
-                out = _fix_pronoun_i(_match_case(source, option)).replace("'", apostrophe)
+                out = option if keep_case else _fix_pronoun_i(_match_case(source, option)).replace("'", apostrophe)
                 if out != source and out not in rendered:
                     rendered.append(out)
             if not rendered:
@@ -726,8 +566,77 @@ class LexicalParaphraser:
                 options.extend(o for o in rule.options if o not in options)
             take(start, end, options)
 
+        if fallback:
+            self._fallback_sites(text, take)
         sites.sort(key=lambda s: s.start)
         return sites
+
+    @staticmethod
+    def _fallback_sites(text: str, take) -> None:
+        """Clause fronting, swaps of adjacent bullet items, sentence openers and capitals, a missing full stop,
+        spacing and ellipses; bigger edits first, so that they win where sites overlap."""
+        starts = _sentence_starts(text)
+        for start in starts:
+            end, stop = _sentence_end(text, start)
+            sentence = text[start:end]
+            m = _FRONTED_CLAUSE.fullmatch(sentence)
+            if m and len(m.group("main").split()) >= 2:
+                take(start, end, (f"{_capitalise(m.group('main'))} {m.group('sub').lower()} {m.group('clause')}"
+                                  f"{m.group('stop')}",))
+                continue
+            m = _LEADING_PLEASE.fullmatch(sentence)
+            if m and len(m.group("rest").split()) >= 2:
+                take(start, end, (f"{_capitalise(m.group('rest'))}, please{m.group('stop')}",), keep_case=True)
+                continue
+            m = _TRAILING_CLAUSE.fullmatch(sentence)
+            if m and len(m.group("main").split()) >= 2 and len(m.group("clause").split()) >= 2:
+                main = m.group("main")
+                head = main.split(" ", 1)[0]
+                if not (head == "I" or head.startswith(("I'", "I’")) or head.isupper()):
+                    main = head[:1].lower() + main[1:]
+                take(start, end, (f"{_capitalise(m.group('sub'))} {m.group('clause')}, {main}{m.group('stop')}",))
+
+        bullets = list(_BULLET_LINE.finditer(text))
+        for a, b in zip(bullets, bullets[1:]):
+            if a.end() + 1 == b.start() and a.group("mark") == b.group("mark") and a.group("body") != b.group("body"):
+                take(a.start(), b.end(), (f"{a.group('mark')}{b.group('body')}\n{b.group('mark')}{a.group('body')}",))
+
+        for start in starts:
+            word = _WORD_RE.match(text, start)
+            if word is None or text[word.end() : word.end() + 1] == ":":
+                continue  # a role marker or a label ("Human:", "Note:")
+            if _LIST_ITEM_PREFIX.search(text, max(0, start - 12), start):
+                continue  # list items keep their style; they get swaps instead
+            first = word.group(0)
+            dropped = _DROPPABLE_OPENER.match(text, start)
+            if dropped and text[dropped.end() : dropped.end() + 1] != ":":
+                nxt = dropped.group("word")
+                take(start, dropped.end(), (_capitalise(nxt),), keep_case=True)
+                continue
+            options: list[str] = []
+            if first[:1].islower():
+                options.append(_capitalise(first))
+            if first.lower() not in _NO_OPENER_BEFORE and first.lower() not in _MARKERS:
+                _, stop = _sentence_end(text, start)
+                openers = _QUESTION_OPENERS if stop == "?" else _STATEMENT_OPENERS
+                options.extend(opener + _lower_first(first) for opener in openers)
+            # the case of the source word must not be imposed on the opener: render each option exactly
+            take(word.start(), word.end(), options, keep_case=True)
+
+        for line in re.finditer(r"(?m)^(?P<body>[^\n]*[A-Za-z0-9])[ \t]*$", text):
+            body = line.group("body")
+            if len(body.split()) < FALLBACK_MIN_WORDS or re.match(r"[ \t]*(?:[-*+•]|\d+[.)])[ \t]+", body):
+                continue
+            last_start = max([s for s in starts if line.start() <= s < line.end()] or [line.start()])
+            found = _WORD_RE.search(text, last_start, line.end()) or _WORD_RE.search(body)
+            first = found.group(0).lower() if found else ""
+            position = line.start() + len(body)
+            take(position, position, ("?" if first in _QUESTION_WORDS else ".",), keep_case=True)
+
+        for m in _DOUBLE_SPACE.finditer(text):
+            take(m.start(), m.end(), (" ",), keep_case=True)
+        for m in _ELLIPSIS.finditer(text):
+            take(m.start(), m.end(), ("…" if m.group(0) == "..." else "...",), keep_case=True)
 
     # ----- variants -----
     @staticmethod
@@ -767,6 +676,8 @@ class LexicalParaphraser:
         if n <= 0 or not text:
             return []
         sites = self.edit_sites(text)
+        if self.fallback and _combinations(sites) - 1 < n and len(text.split()) >= FALLBACK_MIN_WORDS:
+            sites = self.edit_sites(text, fallback=True)
         if not sites:
             return []
         rng = self._rng(text, n)
@@ -793,6 +704,10 @@ class LexicalParaphraser:
     def paraphrase(self, texts: Sequence[str], n: int) -> list[list[str]]:
         """For each text, up to `n` distinct surface rewrites (fewer when the text has few edit sites)."""
         return [self.variants(text, n) for text in texts]
+
+
+def _combinations(sites: Sequence[_Site]) -> float:
+    return math.prod(len(s.options) + 1 for s in sites) if len(sites) <= 20 else math.inf
 
 
 def _sampled_choices(rng: random.Random, sizes: list[int], tries: int):

@@ -1,16 +1,28 @@
-"""Semantic-distance refinement with a chat model (DESIGN.md 1, step 5; paper appendix, "Response rewriting").
+"""Semantic-distance refinement with a chat model (DESIGN.md 1, step 5; paper section 3.2 and appendix A.3).
 
 For each low-distance pair the REJECTED response is rewritten first (up to `max_attempts` tries) so that it stays
-worse than the chosen one but moves away from it; an attempt succeeds when the new distance
-d' = 1 - e(chosen) . e(rejected') is larger than the pair's original distance. Only when no rejected rewrite
-succeeds is the CHOSEN response rewritten (up to `max_attempts` tries) the same way. The first successful rewrite is
-then kept only if the label check says the chosen response is still preferred and the harm check (when given) finds
-nothing harmful in the rewritten text; otherwise the original pair is kept.
+worse than the chosen one but moves away from it; only when no rejected rewrite is kept is the CHOSEN response
+rewritten (up to `max_attempts` tries) the same way. An attempt is *kept* when all of these hold:
+
+1. the new distance d' = 1 - e(chosen') . e(rejected') is larger than the pair's original distance (paper: "a
+   rewritten pair is retained only when its final semantic distance is larger than the original distance");
+2. the label check says the chosen response is still preferred (paper: "retains only rewritten pairs that preserve
+   the chosen-rejected preference relation");
+3. the harm check, when given, finds nothing harmful in the rewritten text.
+
+Where we choose: the checks run inside the attempt loop, on every attempt that gained distance, so a rewrite that
+flips the label or is harmful does not end the tuple: the later attempts, and then the chosen side, still get
+their chance. (The paper does not say when the checks run; checking only the first distance gain would make one
+bad rewrite discard a tuple that a later attempt could have refined.) A check that gives no answer (a judge that
+failed after its retries) rejects that attempt with reason "failed", never "label_flipped" or "harmful". When no
+attempt is kept the original pair is kept, with the reason of the last attempt that came furthest: a failed check
+("label_flipped", "harmful", "failed"), else "no_distance_gain", else "failed" (no usable answer at all).
 
 Attempt k of every pending request goes out in one batch (`ChatClient.complete_json`, concurrent requests), so
 refining N pairs costs about 2 * max_attempts round trips, not N * 2 * max_attempts. Attempts differ: the attempt
-number is part of the request, attempts after the first are sampled with `retry_temperature` > 0, and the attempt
-number is part of the cache namespace. Every usable rewrite answer is cached, so a re-run makes no rewrite calls.
+number is part of the request and attempts after the first are sampled with `retry_temperature` > 0. With a cache
+on the client every completed answer is stored as it arrives, so an identical re-run replays every attempt and
+makes no rewrite calls.
 """
 
 from __future__ import annotations
@@ -25,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from .base import Embedder, PreferenceCheck, RefinementRequest, RefinementResult, RefinementStats
-from .cache import AugmentationCache
-from .chat import ChatClient, Messages, load_template
+from .client import ChatClient
+from .templates import Messages, load_template
 
 logger = logging.getLogger("trl_mars")
 
@@ -43,7 +55,9 @@ class _State:
     request: RefinementRequest
     attempts: int = 0
     usable: int = 0  # attempts that gave a usable text
-    side: str | None = None  # side of the successful rewrite
+    gained: int = 0  # attempts whose rewrite increased the distance (and so reached the checks)
+    check_failure: str | None = None  # why the last attempt that reached the checks was not kept
+    side: str | None = None  # side of the kept rewrite
     text: str | None = None
     new_distance: float | None = None
 
@@ -52,17 +66,17 @@ class ChatRefiner:
     """`Refiner` back-ed by an OpenAI-compatible chat model.
 
     Args:
-        client: the `ChatClient` (its model is the rewriting model, the paper's GPT-4.1).
+        client: the `ChatClient` (its model is the rewriting model, the paper's GPT-4.1). Give it a cache to make
+            re-runs free.
         embedder: the same embedder that computed the original distances.
-        label_check: (prompt, chosen, rejected) triples -> "chosen still preferred?" per triple. A None answer (a
-            judge that failed after its retries) rejects the rewrite with reason "failed".
-        harm_check: optional; (prompt, rewritten response) pairs -> "harmful?" per pair (True = harmful). A None
-            answer rejects the rewrite with reason "failed" (the filter fails closed).
+        label_check: (prompt, chosen, rejected) triples -> "chosen still preferred?" per triple (True/False, or
+            None when the check could not answer: that attempt is rejected with reason "failed").
+        harm_check: optional; (prompt, rewritten response) pairs -> "harmful?" per pair (True = harmful, None =
+            no answer: the filter fails closed with reason "failed").
         max_attempts: tries per side (paper: 5).
-        cache: optional `AugmentationCache` for the rewrite answers.
         temperature: sampling temperature of the first attempt; retry_temperature: of later attempts (> 0 so that
             they differ from the first).
-        min_gain: an attempt succeeds when d' > distance + min_gain (a tiny margin, so that float noise between the
+        min_gain: an attempt gains when d' > distance + min_gain (a tiny margin, so that float noise between the
             stored distance and a re-embedding never counts as a gain). A rewrite that only changes case or
             whitespace of the original text never counts.
     """
@@ -76,7 +90,6 @@ class ChatRefiner:
         label_check: PreferenceCheck,
         harm_check: HarmCheck | None = None,
         max_attempts: int = 5,
-        cache: AugmentationCache | None = None,
         *,
         temperature: float = 0.0,
         retry_temperature: float = 0.8,
@@ -92,7 +105,6 @@ class ChatRefiner:
         self.label_check = label_check
         self.harm_check = harm_check
         self.max_attempts = int(max_attempts)
-        self.cache = cache
         self.temperature = float(temperature)
         self.retry_temperature = float(retry_temperature)
         self.min_gain = float(min_gain)
@@ -100,8 +112,6 @@ class ChatRefiner:
             "rejected": load_template("rewrite_rejected", prompt_version),
             "chosen": load_template("rewrite_chosen", prompt_version),
         }
-        self.calls_made = 0  # rewrite requests sent (cache misses)
-        self.cache_hits = 0
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -133,50 +143,63 @@ class ChatRefiner:
             attempt_note=note,
         )
 
-    def _namespace(self, side: str, attempt: int) -> dict[str, Any]:
-        return {
-            "op": f"rewrite_{side}",
-            "backend": "chat",
-            **self.client.fingerprint(),
-            **self.templates[side].fingerprint,
-            "attempt": attempt,
-            "temperature": self.attempt_temperature(attempt),
-        }
-
     @staticmethod
     def _key(request: RefinementRequest) -> str:
         return json.dumps([request.prompt, request.chosen, request.rejected], ensure_ascii=False)
 
     def _rewrite(self, requests: list[RefinementRequest], side: str, attempt: int) -> list[str | None]:
-        """One attempt for every request in `requests`: cached answers first, the rest in one concurrent batch."""
-        namespace = self._namespace(side, attempt)
+        """One attempt for every request in `requests`, in one concurrent batch; identical requests are asked once."""
         keys = [self._key(r) for r in requests]
-        found = self.cache.get_many(namespace, keys) if self.cache is not None else {}
-        self.cache_hits += sum(1 for k in set(keys) if k in found)
-        todo = [i for i, k in enumerate(keys) if k not in found]
-        # identical requests in one batch are asked once
         first: dict[str, int] = {}
-        for i in todo:
-            first.setdefault(keys[i], i)
-        if first:
-            order = list(first.values())
-            answers = self.client.complete_json(
-                [self.build_messages(requests[i], side, attempt) for i in order],
-                {"response": str},
-                temperature=self.attempt_temperature(attempt),
-            )
-            self.calls_made += len(order)
-            fresh = {keys[i]: a["response"].strip() for i, a in zip(order, answers) if a is not None}
-            fresh = {k: v for k, v in fresh.items() if v}
-            if self.cache is not None:
-                self.cache.put_many(namespace, fresh)
-            found.update(fresh)
-        return [found.get(k) for k in keys]
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        order = list(first.values())
+        answers = self.client.complete_json(
+            [self.build_messages(requests[i], side, attempt) for i in order],
+            {"response": str},
+            temperature=self.attempt_temperature(attempt),
+        )
+        texts = {keys[i]: (a["response"].strip() or None) if a is not None else None for i, a in zip(order, answers)}
+        return [texts[k] for k in keys]
 
     # ----- algorithm ----------------------------------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.embedder.encode(list(texts)), dtype=np.float64)
+
+    @staticmethod
+    def _pair(state: _State, side: str, text: str) -> tuple[str, str, str]:
+        r = state.request
+        return (r.prompt, text, r.rejected) if side == "chosen" else (r.prompt, r.chosen, text)
+
+    def _check(self, candidates: list[tuple[_State, str, float]], side: str) -> None:
+        """Label check, then harm check, on this attempt's distance gains; keeps the ones that pass both."""
+        answers = list(self.label_check([self._pair(s, side, t) for s, t, _ in candidates]))
+        if len(answers) != len(candidates):
+            raise RuntimeError(f"label_check returned {len(answers)} answers for {len(candidates)} triples")
+        survivors = []
+        for candidate, ok in zip(candidates, answers):
+            if ok is None:
+                candidate[0].check_failure = "failed"
+            elif not ok:
+                candidate[0].check_failure = "label_flipped"
+            else:
+                survivors.append(candidate)
+        if self.harm_check is not None and survivors:
+            flags = list(self.harm_check([(s.request.prompt, t) for s, t, _ in survivors]))
+            if len(flags) != len(survivors):
+                raise RuntimeError(f"harm_check returned {len(flags)} answers for {len(survivors)} texts")
+            passed = []
+            for candidate, flag in zip(survivors, flags):
+                if flag is None:
+                    candidate[0].check_failure = "failed"
+                elif flag:
+                    candidate[0].check_failure = "harmful"
+                else:
+                    passed.append(candidate)
+            survivors = passed
+        for state, text, d_new in survivors:
+            state.side, state.text, state.new_distance = side, text, d_new
 
     def _run_side(self, states: list[_State], side: str) -> None:
         pending = list(states)
@@ -190,9 +213,10 @@ class ChatRefiner:
             if not pending:
                 break
             texts = self._rewrite([s.request for s in pending], side, attempt)
-            usable = [(s, t) for s, t in zip(pending, texts) if t]
             for s in pending:
                 s.attempts += 1
+            usable = [(s, t) for s, t in zip(pending, texts) if t]
+            candidates = []
             if usable:
                 emb = self._encode([t for _, t in usable])
                 for (s, text), e in zip(usable, emb):
@@ -201,7 +225,10 @@ class ChatRefiner:
                         continue
                     d_new = float(1.0 - np.dot(fixed_by_id[id(s)], e))
                     if d_new > s.request.distance + self.min_gain:
-                        s.side, s.text, s.new_distance = side, text, d_new
+                        s.gained += 1
+                        candidates.append((s, text, d_new))
+            if candidates:
+                self._check(candidates, side)
             pending = [s for s in pending if s.side is None]
             logger.debug("refine[%s] rewrite %s attempt %d: %d still pending", self.name, side, attempt, len(pending))
 
@@ -212,40 +239,11 @@ class ChatRefiner:
         self._run_side(states, "rejected")
         self._run_side([s for s in states if s.side is None], "chosen")
 
-        found = [s for s in states if s.side is not None]
-        reasons: dict[int, str] = {}
-        if found:
-            triples = []
-            for s in found:
-                r = s.request
-                chosen, rejected = (s.text, r.rejected) if s.side == "chosen" else (r.chosen, s.text)
-                triples.append((r.prompt, chosen, rejected))
-            kept = list(self.label_check(triples))
-            if len(kept) != len(found):
-                raise RuntimeError(f"label_check returned {len(kept)} answers for {len(found)} triples")
-            survivors = []
-            for s, ok in zip(found, kept):
-                if ok is None:  # the check gave no answer: keep the original pair
-                    reasons[id(s)] = "failed"
-                elif bool(ok):
-                    survivors.append(s)
-                else:
-                    reasons[id(s)] = "label_flipped"
-            if self.harm_check is not None and survivors:
-                harmful = list(self.harm_check([(s.request.prompt, s.text) for s in survivors]))
-                if len(harmful) != len(survivors):
-                    raise RuntimeError(f"harm_check returned {len(harmful)} answers for {len(survivors)} texts")
-                for s, flag in zip(survivors, harmful):
-                    if flag is None:  # no answer: the filter fails closed
-                        reasons[id(s)] = "failed"
-                    elif bool(flag):
-                        reasons[id(s)] = "harmful"
-
         results = []
         for s in states:
             r = s.request
-            if s.side is not None and id(s) not in reasons:
-                chosen, rejected = (s.text, r.rejected) if s.side == "chosen" else (r.chosen, s.text)
+            if s.side is not None:
+                chosen, rejected = self._pair(s, s.side, s.text)[1:]
                 results.append(
                     RefinementResult(
                         index=r.index, chosen=chosen, rejected=rejected, distance=r.distance,
@@ -254,12 +252,12 @@ class ChatRefiner:
                     )
                 )
                 continue
-            if s.side is not None:
-                reason = reasons[id(s)]
-            elif s.usable == 0:
-                reason = "failed"
-            else:
+            if s.check_failure is not None:
+                reason = s.check_failure
+            elif s.usable:
                 reason = "no_distance_gain"
+            else:
+                reason = "failed"
             # the original pair is kept, so its distance is unchanged
             results.append(
                 RefinementResult(

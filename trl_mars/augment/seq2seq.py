@@ -25,18 +25,30 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from .lexical import protected_spans
+from .model_source import check_model_source
 
 logger = logging.getLogger("trl_mars")
 
-__all__ = ["Seq2SeqParaphraser", "filter_paraphrases", "split_sentences", "is_repetitive"]
+__all__ = ["Seq2SeqParaphraser", "check_seq2seq_model", "filter_paraphrases", "split_sentences", "is_repetitive"]
 
 DEFAULT_MODEL = "humarin/chatgpt_paraphraser_on_T5_base"
+
+
+def check_seq2seq_model(name: str | os.PathLike[str]) -> None:
+    """Raises `ModelSourceError` in seconds when the seq2seq paraphraser `name` cannot load here (no model is
+    loaded, no Hub retries): call it at start-up, before the reward model loads."""
+    check_model_source(
+        name, what="seq2seq paraphraser", option="mars_paraphraser_model", required_files=("config.json",),
+        fix="Download it once where the Hub is reachable (it is then cached), point `mars_paraphraser_model` at a "
+        "saved folder, or use `mars_paraphraser='lexical'` for an offline run.",
+    )
 _DEFAULT_WINDOW = 512
 _OVERGENERATE = 2
 
@@ -147,7 +159,7 @@ class Seq2SeqParaphraser:
     """Paraphrases with a seq2seq model and deterministic beam search (see the module docstring).
 
     Args:
-        model_name_or_path: Hub id or local path; also names the model in the fingerprint.
+        model_name_or_path: Hub id or local path (`str` or `os.PathLike`); also names the model in the fingerprint.
         model, tokenizer: already-loaded objects to use instead of loading `model_name_or_path`.
         batch_size: inputs (prose pieces) per `generate` call; inputs are length-sorted first.
         num_beams: beams for beam search; default `max(n, 4)`, never fewer than `n`.
@@ -166,7 +178,7 @@ class Seq2SeqParaphraser:
 
     def __init__(
         self,
-        model_name_or_path: str = DEFAULT_MODEL,
+        model_name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
         model=None,
         tokenizer=None,
@@ -190,7 +202,9 @@ class Seq2SeqParaphraser:
             raise ValueError("`batch_size` and `max_new_tokens` must be >= 1.")
         if num_beams is not None and num_beams < 1:
             raise ValueError(f"`num_beams` must be >= 1 or None, got {num_beams}.")
+        model_name_or_path = os.fspath(model_name_or_path)
         if model is None:
+            check_seq2seq_model(model_name_or_path)  # fail in seconds, not after the Hub's retries
             model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path)
             self.model_name = model_name_or_path
         else:
