@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trl_mars.allocation import (
+    cap_probabilities,
     Allocation,
     adaboost_weights,
     allocate,
@@ -319,3 +320,65 @@ def test_entropy_bounds(q):
 def test_split_budget_property(b):
     nc, nr = split_budget(b)
     assert nc + nr == b and 0 <= nr - nc <= 1
+
+
+# ------------------------------------------------------------- margin scale and budget cap (our additions)
+
+
+def test_cap_probabilities_hand_computed():
+    # cap = 1.5 / 3 = 0.5: the first tuple gives up 0.2, shared 2:1 by the others.
+    q = cap_probabilities([0.7, 0.2, 0.1], 1.5)
+    np.testing.assert_allclose(q, [0.5, 0.2 + 0.2 * 2 / 3, 0.1 + 0.2 / 3])
+
+
+def test_cap_probabilities_water_fills_until_nothing_is_over():
+    # After the first pass the second tuple would be over the cap too: both end at the cap.
+    q = cap_probabilities([0.6, 0.3, 0.05, 0.05], 1.2)  # cap 0.3
+    np.testing.assert_allclose(q, [0.3, 0.3, 0.2, 0.2])
+
+
+def test_cap_probabilities_off_and_bad_values():
+    np.testing.assert_allclose(cap_probabilities([0.7, 0.3], None), [0.7, 0.3])
+    with pytest.raises(ValueError, match="max_share"):
+        cap_probabilities([0.7, 0.3], 0.5)
+
+
+@given(
+    st.lists(st.floats(-50, 50, allow_nan=False), min_size=2, max_size=40),
+    st.floats(1.0, 10.0),
+)
+def test_cap_probabilities_properties(margins, share):
+    q = allocation_probabilities(margins, 0.5)
+    capped = cap_probabilities(q, share)
+    assert capped.sum() == pytest.approx(1.0)
+    assert capped.max() <= share / len(margins) + 1e-9
+    # order is preserved: a tuple that had more probability never ends with less
+    order = np.argsort(q, kind="stable")
+    assert np.all(np.diff(capped[order]) >= -1e-12)
+
+
+def test_std_scale_hand_computed():
+    margins = np.array([-2.0, 0.0, 2.0])
+    x = margins / margins.std()  # std = sqrt(8/3)
+    expected = np.exp(-0.5 * x) / np.exp(-0.5 * x).sum()
+    np.testing.assert_allclose(allocation_probabilities(margins, 0.5, scale="std"), expected)
+    # absolute mode keeps 0 as the decision boundary (no centring): the pair nearest 0 gets the most, not the
+    # pair nearest the mean margin (index 1 here), as a z-score would make it.
+    absolute = allocation_probabilities([0.1, 5.0, 6.0, 7.0], 0.5, mode="absolute", scale="std")
+    assert int(np.argmax(absolute)) == 0
+
+
+@given(st.lists(st.floats(-20, 20, allow_nan=False), min_size=2, max_size=30), st.floats(0.01, 100.0))
+def test_std_scale_makes_tau_scale_free(margins, factor):
+    m = np.array(margins)
+    a = allocation_probabilities(m, 0.5, scale="std")
+    b = allocation_probabilities(m * factor, 0.5, scale="std")
+    np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+def test_allocate_passes_scale_and_cap():
+    out = allocate([-10.0, 0.0, 1.0, 2.0, 10.0], total=50, tau=0.5, max_share=2.0)
+    assert out.total == 50
+    assert out.budgets.max() <= 20  # 2x the uniform share of 10
+    with pytest.raises(ValueError, match="scale"):
+        allocate([0.0, 1.0], total=2, scale="zscore")

@@ -22,18 +22,21 @@ from typing import Any
 import numpy as np
 
 MARGIN_MODES = ("signed", "absolute")
+MARGIN_SCALES = ("none", "std")
 ROUNDING_METHODS = ("largest_remainder", "multinomial")
 ALLOCATION_STRATEGIES = ("mars", "mars_nosem", "uniform")
 
 __all__ = [
     "ALLOCATION_STRATEGIES",
     "MARGIN_MODES",
+    "MARGIN_SCALES",
     "ROUNDING_METHODS",
     "Allocation",
     "adaboost_weights",
     "allocate",
     "allocation_entropy",
     "allocation_probabilities",
+    "cap_probabilities",
     "integer_budgets",
     "margin_statistics",
     "split_budget",
@@ -116,10 +119,51 @@ def _softmax_neg(x: np.ndarray, tau: float) -> np.ndarray:
     return w / w.sum()
 
 
-def _allocation_scores(margins: np.ndarray, mode: str) -> np.ndarray:
+def _allocation_scores(margins: np.ndarray, mode: str, scale: str = "none") -> np.ndarray:
+    """x_i fed to softmax(-tau * x): the margin (signed) or |margin| (absolute), optionally divided by std(margins).
+
+    Dividing by the standard deviation (not centring: a shift changes nothing for "signed" and would move the
+    decision boundary away from 0 for "absolute") makes tau mean the same whatever the margins' scale: a reward
+    model that has memorised its training pairs has margins of +-10, and tau = 0.5 on those hands almost the whole
+    budget to a handful of pairs.
+    """
     if mode not in MARGIN_MODES:
         raise ValueError(f"`mode` must be one of {MARGIN_MODES}, got {mode!r}.")
+    if scale not in MARGIN_SCALES:
+        raise ValueError(f"`scale` must be one of {MARGIN_SCALES}, got {scale!r}.")
+    if scale == "std":
+        spread = float(margins.std())
+        margins = margins / spread if spread > 0 else np.zeros_like(margins)
     return margins if mode == "signed" else np.abs(margins)
+
+
+def cap_probabilities(probs: Any, max_share: float | None) -> np.ndarray:
+    """Caps every q_i at `max_share / N` and hands the excess to the uncapped tuples in proportion to their q.
+
+    `max_share` is a multiple of the uniform share 1/N (4.0: no tuple gets more than 4x what uniform gives it);
+    None leaves q as it is. Water-filling: repeated until no tuple is over the cap, so the result is the closest
+    distribution to q (in KL) with every entry <= cap; order is preserved (q_i >= q_j stays so). `max_share` must
+    be >= 1, since a cap below the uniform share cannot sum to 1.
+    """
+    q = _as_probs(probs)
+    if max_share is None:
+        return q
+    share = float(max_share)
+    if not (math.isfinite(share) and share >= 1.0):
+        raise ValueError(f"`max_share` must be >= 1 (a multiple of the uniform share 1/N) or None, got {max_share!r}.")
+    cap = share / q.size
+    capped = np.zeros(q.size, dtype=bool)
+    for _ in range(q.size):
+        over = (q > cap * (1 + 1e-12)) & ~capped
+        if not over.any():
+            break
+        capped |= over
+        free = ~capped
+        mass_left = 1.0 - cap * capped.sum()
+        q = np.where(capped, cap, q)
+        if free.any() and q[free].sum() > 0:
+            q[free] = q[free] * (mass_left / q[free].sum())
+    return q / q.sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,15 +171,19 @@ def _allocation_scores(margins: np.ndarray, mode: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def allocation_probabilities(margins: Any, tau: float, mode: str = "signed") -> np.ndarray:
+def allocation_probabilities(
+    margins: Any, tau: float, mode: str = "signed", scale: str = "none", max_share: float | None = None
+) -> np.ndarray:
     """q_i = exp(-tau * x_i) / sum_j exp(-tau * x_j), computed stably (log-sum-exp).
 
     `mode="signed"` (paper v2) uses x = margin, so mis-ranked pairs (margin < 0) get the most budget;
     `mode="absolute"` (paper v1) uses x = |margin|, treating confidently wrong pairs like confidently right ones.
+    `scale="std"` divides the margins by their standard deviation first; `max_share` caps any q_i at
+    `max_share / N` (see `cap_probabilities`). Both default to off, which is the paper's rule.
     Margins of any magnitude (e.g. +-1e4 with tau=0.5) give finite probabilities summing to 1.
     """
-    x = _allocation_scores(_as_margins(margins), mode)
-    return _softmax_neg(x, _check_tau(tau))
+    x = _allocation_scores(_as_margins(margins), mode, scale)
+    return cap_probabilities(_softmax_neg(x, _check_tau(tau)), max_share)
 
 
 def integer_budgets(
@@ -316,13 +364,16 @@ def allocate(
     strategy: str = "mars",
     method: str = "largest_remainder",
     rng: np.random.Generator | None = None,
+    scale: str = "none",
+    max_share: float | None = None,
 ) -> Allocation:
     """Margins -> `Allocation` for one round.
 
     "mars" and "mars_nosem" share the softmax allocation (they differ only in the semantic refinement, elsewhere);
     with `method="largest_remainder"`, ties in q go to the lower allocation score (margin or |margin|), so a
     higher score never gets a larger budget. "uniform" ignores the margins (still validated and recorded):
-    q = 1/N and `uniform_budgets`, whatever `tau`, `mode`, `method` say.
+    q = 1/N and `uniform_budgets`, whatever `tau`, `mode`, `method` say. `scale` and `max_share` are passed to
+    `allocation_probabilities` (both off by default: the paper's rule).
     """
     if strategy not in ALLOCATION_STRATEGIES:
         raise ValueError(f"`strategy` must be one of {ALLOCATION_STRATEGIES}, got {strategy!r}.")
@@ -332,8 +383,8 @@ def allocate(
         probs = np.full(n, 1.0 / n)
         budgets = uniform_budgets(n, total)
     else:
-        x = _allocation_scores(m, mode)
-        probs = _softmax_neg(x, _check_tau(tau))
+        x = _allocation_scores(m, mode, scale)
+        probs = cap_probabilities(_softmax_neg(x, _check_tau(tau)), max_share)
         budgets = integer_budgets(probs, total, method=method, rng=rng, tiebreak=-x)
     n_chosen, n_rejected = split_budget(budgets)
     return Allocation(margins=m, probs=probs, budgets=budgets, n_chosen=n_chosen, n_rejected=n_rejected)
