@@ -1,7 +1,5 @@
-"""Tiny, randomly initialised generative models and a word-level tokenizer with a chat template, built offline.
-
-Used by the alignment and win-rate tests: small enough to generate and train on 2 CPU cores in seconds.
-"""
+"""Test assets built offline: a tiny random Llama (trl_mars.tiny_policy) over the test vocabulary, and MiniLM reward
+models with a fresh scalar head, saved full or as a LoRA adapter, as MarsRewardTrainer saves them."""
 
 from __future__ import annotations
 
@@ -9,56 +7,25 @@ from pathlib import Path
 
 from conftest import TOPICS, tiny_rows
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-    "{% if add_generation_prompt %}<s> assistant : {% endif %}"
-)
+from trl_mars.tiny_policy import build_word_tokenizer, save_random_llama
 
 
-def _corpus() -> list[str]:
-    words = " ".join(TOPICS) + " user assistant system : . , ? ! ' a an the is to and of you me it"
-    texts = [words]
+def test_texts() -> list[str]:
+    texts = [" ".join(TOPICS) + " user assistant system : . , ? ! ' a the is to and of you me it"]
     for row in tiny_rows(len(TOPICS)):
         texts.extend([row["prompt"], row["chosen"], row["rejected"]])
     return texts
 
 
-def build_tokenizer(chat_template: bool = True):
-    """A WordLevel fast tokenizer over the test vocabulary (~150 tokens), with <pad>, <s>, </s>, <unk>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+test_texts.__test__ = False  # not a test, despite the name
 
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=2048)
-    if chat_template:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
+
+def build_tokenizer():
+    return build_word_tokenizer(test_texts())
 
 
 def save_tiny_llama(directory: str | Path, *, num_labels: int | None = None, seed: int = 0) -> str:
-    """Saves a 2-layer random Llama (causal LM, or a sequence classifier with `num_labels`) and its tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    if num_labels is None:
-        model = LlamaForCausalLM(config)
-    else:
-        config.num_labels = num_labels
-        model = LlamaForSequenceClassification(config)
-    directory = str(directory)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_random_llama(directory, test_texts(), shape="tiny", num_labels=num_labels, seed=seed)
 
 
 def save_minilm_reward_model(directory: str | Path, minilm_path: str, *, lora: bool = False, seed: int = 0) -> str:
