@@ -22,6 +22,7 @@ from datasets import Dataset, load_dataset
 logger = logging.getLogger(__name__)
 
 TRAINERS = ("rloo", "grpo", "ppo")
+_PROMPT_ALIASES = ("instruction", "question", "query")
 # The paper's LoRA targets: attention and feed-forward projections of Llama-family decoders.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PPO_INSTALL_HINT = (
@@ -147,7 +148,11 @@ def load_prompts(name: str, *, config: str | None = None, split: str = "train", 
     else:
         dataset = load_dataset(name, name=config, split=split)
     columns = set(dataset.column_names)
-    if "prompt" not in columns:
+    alias = next((c for c in _PROMPT_ALIASES if c in columns), None)
+    if "prompt" not in columns and alias is not None:  # e.g. AlpacaEval's 'instruction'
+        logger.info("Using column %r of %s as the prompt.", alias, name)
+        dataset = dataset.rename_column(alias, "prompt")
+    elif "prompt" not in columns:
         if {"chosen", "rejected"} <= columns:  # preference data with an implicit prompt (e.g. HH-RLHF)
             from .data import to_explicit_prompt
 
