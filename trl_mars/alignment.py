@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,6 +162,10 @@ def load_prompts(name: str, *, config: str | None = None, split: str = "train", 
             raise ValueError(f"--dataset_name {name!r}: no 'prompt' column (columns: {sorted(columns)}). Fix: rename "
                              "the prompt column to 'prompt', e.g. `dataset.rename_column('question', 'prompt')`.")
     dataset = dataset.select_columns(["prompt"])
+    first = dataset[0]["prompt"] if len(dataset) else None
+    if isinstance(first, str) and first.lstrip("\n").startswith("Human:"):  # HH-RLHF transcripts -> chat turns
+        dataset = dataset.map(lambda x: {"prompt": hh_transcript_to_messages(x["prompt"])},
+                              desc="Parsing HH-RLHF transcripts")
     for row, prompt in enumerate(dataset["prompt"]):
         if not prompt or (isinstance(prompt, str) and not prompt.strip()):
             raise ValueError(f"--dataset_name {name!r}, row {row}, column 'prompt': the prompt is empty. Fix: drop "
@@ -168,6 +173,21 @@ def load_prompts(name: str, *, config: str | None = None, split: str = "train", 
     if max_prompts is not None and max_prompts < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_prompts))
     return dataset
+
+
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+def hh_transcript_to_messages(text: str) -> list[dict[str, str]]:
+    """'\\n\\nHuman: q\\n\\nAssistant: a\\n\\nHuman: q2\\n\\nAssistant:' -> user/assistant messages (the open
+    assistant turn at the end, which the policy will answer, is dropped)."""
+    parts = _HH_TURN.split(text)
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        content = content.strip()
+        if content:
+            messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content})
+    return messages
 
 
 def _tail_text(text: str, tokenizer, max_tokens: int) -> str:
