@@ -136,3 +136,29 @@ def test_trainer_choice_and_ppo_without_it(tmp_path):
         assert "trl>=1.0,<1.13" in PPO_INSTALL_HINT
     else:  # pragma: no cover - an environment with the ppo extra
         pytest.skip("this TRL has PPOTrainer")
+
+
+def test_ppo_route_where_trl_has_it(assets, tmp_path):
+    """TRL's actor-critic PPO (TRL 1.0-1.12 only; skipped on TRL >= 1.13). Run it without a second environment:
+    pip download --no-deps trl==1.12.0 -d /tmp/trl112 && unzip -q -o /tmp/trl112/trl-1.12.0-*.whl -d /tmp/trl112
+    PYTHONPATH=/tmp/trl112:$PWD python -m pytest -q tests/test_alignment.py -k ppo
+    """
+    pytest.importorskip("trl.experimental.ppo", reason="this TRL has no PPOTrainer (removed in 1.13)")
+    from tiny_models import save_tiny_llama
+
+    from trl_mars.alignment import main
+
+    reward = save_tiny_llama(tmp_path / "decoder_rm", num_labels=1, seed=1)  # PPO needs the policy's tokenizer
+    with pytest.raises(ValueError, match="does not share the policy's tokenizer"):
+        main(["--trainer", "ppo", "--model_name_or_path", assets["policy"], "--reward_model_name_or_path",
+              assets["reward"], "--dataset_name", assets["prompts"], "--output_dir", str(tmp_path / "x"),
+              "--bf16", "false"])
+    trainer = main(["--trainer", "ppo", "--model_name_or_path", assets["policy"], "--reward_model_name_or_path",
+                    reward, "--dataset_name", assets["prompts"], "--output_dir", str(tmp_path / "ppo"),
+                    "--response_length", "8", "--per_device_train_batch_size", "2", "--total_episodes", "4",
+                    "--num_ppo_epochs", "1", "--local_rollout_forward_batch_size", "2", "--bf16", "false",
+                    "--save_strategy", "no", "--max_prompt_length", "32", "--lora_target_modules", "q_proj",
+                    "v_proj", "--missing_eos_penalty", "1.0"])
+    assert (trainer.args.kl_coef, trainer.args.cliprange) == (0.02, 0.2)
+    assert trainer.state.global_step == 2
+    assert (tmp_path / "ppo" / "adapter_config.json").is_file()

@@ -375,7 +375,10 @@ def main(argv: list[str] | None = None):
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     trainer = build_trainer(script_args, training_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if script_args.trainer == "ppo":  # TRL's PPOTrainer has its own loop: train() takes no arguments
+        trainer.train()
+    else:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         print(f"\n[MARS] aligned policy ({script_args.trainer}) saved to {os.path.abspath(training_args.output_dir)}")
