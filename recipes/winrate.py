@@ -2,8 +2,7 @@
 
     export OPENAI_API_KEY=...            # OPENAI_BASE_URL is honoured for other OpenAI-compatible endpoints
     python recipes/winrate.py --policy_a outputs/tinyllama-rloo-mars --policy_b outputs/tinyllama-rloo-baseline \
-        --dataset_name tatsu-lab/alpaca_eval --dataset_config alpaca_eval --dataset_split eval \
-        --output_json outputs/winrate_mars_vs_baseline.json
+        --dataset_name alpaca_eval_prompts.jsonl --output_json outputs/winrate_mars_vs_baseline.json
 
 Offline, a reward model judges instead: --judge reward_model --reward_model_name_or_path DIR.
 All logic lives in `trl_mars.winrate`.
