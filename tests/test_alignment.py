@@ -109,9 +109,11 @@ def test_prompts_are_made_chat_and_keep_their_end(tmp_path):
 
 def test_bad_prompts_fail_early_with_row_and_fix(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"question": "hi"}) + "\n")
+    path.write_text(json.dumps({"text": "hi"}) + "\n")
     with pytest.raises(ValueError, match="no 'prompt' column.*Fix: rename"):
         load_prompts(str(path))
+    path.write_text(json.dumps({"instruction": "hi"}) + "\n")  # AlpacaEval's column name is accepted
+    assert load_prompts(str(path))["prompt"] == ["hi"]
     path.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": "  "}) + "\n")
     with pytest.raises(ValueError, match="row 1, column 'prompt'.*Fix"):
         load_prompts(str(path))
