@@ -1,0 +1,231 @@
+"""A trained reward model as a reward function for TRL's online trainers (RLOO, GRPO).
+
+TRL scores a reward model with its own tokenizer by joining prompt and completion, tokenising with
+`add_special_tokens=False` and no truncation, and applying the reward tokenizer's chat template. For the encoders
+MARS trains (BERT, DeBERTa, RoBERTa, MiniLM) that loses [CLS]/[SEP], overflows the 512 position embeddings on long
+inputs, and fails on conversational prompts (no chat template). TRL's extension point for this is a plain callable
+(`reward_funcs=[fn]`, called with `prompts=` and `completions=`), so `MarsRewardFunction` is one: it encodes each
+(prompt, completion) with `trl_mars.data.tokenize_pair` and `truncate_keep_end`, the very functions
+`MarsRewardTrainer` trains with, and scores with `trl_mars.scoring.score_sequences` (batched, length-sorted).
+
+Choices of ours (the paper does not say): conversations are rendered with the reward tokenizer's chat template
+when it has one (as in training) and otherwise as "role: content" lines paired with the last completion message;
+the model is loaded replicated on every process (never partitioned by ZeRO-3), so each rank scores its own
+completions without collectives, which suits reward models of up to a few hundred million parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import prompt_text, response_text, tokenize_pair, truncate_keep_end
+from .scoring import score_sequences
+
+logger = logging.getLogger(__name__)
+
+_UNBOUNDED = 1_000_000  # tokenizers report int(1e30) when they have no limit
+
+
+@contextlib.contextmanager
+def _zero3_init_disabled():
+    """Loads a model whole even inside a DeepSpeed ZeRO-3 run.
+
+    Under `accelerate launch` with ZeRO-3, transformers partitions every model created by `from_pretrained`
+    (`deepspeed.zero.Init`). A reward model that only runs inference and is not wrapped in an engine would then
+    hold empty parameters. transformers keeps the active DeepSpeed config in a module-level weak reference; it is
+    cleared while loading and restored afterwards (if a transformers release renames it, loading goes on as is).
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:  # pragma: no cover - transformers without the integration module
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    if saved is not None:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def _default_device() -> torch.device:
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def load_reward_model(path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+    """(model, tokenizer) from a folder written by `MarsRewardTrainer.save_model`: a full model or a LoRA adapter.
+
+    A LoRA adapter is merged into its base so that scoring costs no adapter overhead. The tokenizer is the one saved
+    with the reward model (the base model's for an adapter folder without one).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    adapter_config = os.path.join(path, "adapter_config.json")
+    is_adapter = os.path.isfile(adapter_config)
+    kwargs = {"num_labels": 1}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    with _zero3_init_disabled():
+        if is_adapter:
+            from peft import PeftModel
+
+            with open(adapter_config, encoding="utf-8") as handle:
+                base_name = json.load(handle)["base_model_name_or_path"]
+            base = AutoModelForSequenceClassification.from_pretrained(base_name, **kwargs)
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        else:
+            base_name = path
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    tokenizer_source = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else base_name
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if tokenizer.pad_token_id is None:  # as RewardTrainer does for decoders without a pad token
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.requires_grad_(False).eval()
+    model.to(device if device is not None else _default_device())
+    return model, tokenizer
+
+
+def default_max_length(model, tokenizer) -> int | None:
+    """The longest input the reward model can read: the tokenizer's limit and the model's position embeddings."""
+    limits = []
+    if tokenizer.model_max_length and tokenizer.model_max_length < _UNBOUNDED:
+        limits.append(int(tokenizer.model_max_length))
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        # RoBERTa-style models reserve padding_idx + 1 positions (514 embeddings for 512 tokens)
+        offset = (model.config.pad_token_id + 1) if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta") else 0
+        limits.append(int(positions) - offset)
+    return min(limits) if limits else None
+
+
+class _LocalScoringView:
+    """What `score_sequences` needs from an accelerator, for scoring on this process alone."""
+
+    num_processes = 1
+    process_index = 0
+    is_local_main_process = False  # no progress bar inside every training step
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    @staticmethod
+    def autocast():
+        return contextlib.nullcontext()
+
+
+class MarsRewardFunction:
+    """Scores (prompt, completion) pairs with a reward model trained by `MarsRewardTrainer`; a TRL reward function.
+
+    Pass it in `reward_funcs` of `RLOOTrainer` or `GRPOTrainer`. Called with `prompts` and `completions` (standard
+    strings or conversational message lists, as TRL passes them) it returns one float per completion.
+
+    Args:
+        reward_model: a folder saved by `MarsRewardTrainer` (full model or LoRA adapter), or a loaded model.
+        tokenizer: the reward model's tokenizer; required when `reward_model` is a loaded model.
+        max_length: inputs longer than this keep their end (the start of the prompt goes), as in training with
+            `mars_truncation='keep_end'`. Default: the model's limit (512 for BERT-style encoders). Set it to the
+            `max_length` the reward model was trained with to score exactly as trained.
+        batch_size: sequences per forward pass (sorted by length, so batches carry little padding).
+        reward_mean, reward_std: normalisation, `(r - mean) / std`; `calibrate()` estimates them on a reference set.
+        dtype, device: where and how to load a reward model given as a path (default: this process's device).
+    """
+
+    def __init__(
+        self,
+        reward_model: str | os.PathLike | torch.nn.Module,
+        tokenizer=None,
+        *,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        reward_mean: float = 0.0,
+        reward_std: float = 1.0,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+    ):
+        if isinstance(reward_model, (str, os.PathLike)):
+            self.model, loaded_tokenizer = load_reward_model(str(reward_model), dtype=dtype, device=device)
+            self.tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
+        else:
+            if tokenizer is None:
+                raise ValueError("MarsRewardFunction: a loaded reward model needs its `tokenizer` too. Fix: pass "
+                                 "tokenizer=..., or pass the reward model's folder instead of the model.")
+            self.model, self.tokenizer = reward_model, tokenizer
+            if device is not None:
+                self.model.to(device)
+            self.model.requires_grad_(False).eval()
+        if reward_std <= 0:
+            raise ValueError(f"MarsRewardFunction: reward_std must be > 0, got {reward_std}.")
+        if batch_size < 1:
+            raise ValueError(f"MarsRewardFunction: batch_size must be >= 1, got {batch_size}.")
+        self.max_length = max_length if max_length is not None else default_max_length(self.model, self.tokenizer)
+        self.batch_size = batch_size
+        self.reward_mean, self.reward_std = float(reward_mean), float(reward_std)
+        self._special_ids = set(self.tokenizer.all_special_ids)
+        self._has_chat_template = getattr(self.tokenizer, "chat_template", None) is not None
+        # TRL names each reward function in its logs (`rewards/<name>/mean`) after `__name__`.
+        self.__name__ = "mars_reward"
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, prompt: str | list[dict], completion: str | list[dict]) -> list[int]:
+        """Token ids of one (prompt, completion), exactly as `MarsRewardTrainer` encodes a training response."""
+        conversational = isinstance(prompt, list) or isinstance(completion, list)
+        if conversational and not self._has_chat_template:
+            # No chat template (BERT & co.): the reward model was trained on text, so give it text.
+            prompt, completion = prompt_text(prompt), response_text(completion)
+        elif conversational:
+            prompt = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            completion = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        # tokenize_pair encodes a preference pair; scoring one response means encoding it as the chosen side.
+        ids = tokenize_pair({"prompt": prompt, "chosen": completion, "rejected": completion}, self.tokenizer)["chosen_ids"]
+        return truncate_keep_end(ids, self.max_length, self._special_ids) if self.max_length else ids
+
+    # ------------------------------------------------------------------ scoring
+
+    def raw_scores(self, prompts: Sequence, completions: Sequence) -> np.ndarray:
+        """Unnormalised rewards r(x, y), one per (prompt, completion)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"MarsRewardFunction: {len(prompts)} prompts but {len(completions)} completions; "
+                             "pass one prompt per completion.")
+        if not completions:
+            return np.zeros(0)
+        sequences = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        return score_sequences(self.model, sequences, pad_token_id=self.tokenizer.pad_token_id,
+                               batch_size=self.batch_size, accelerator=_LocalScoringView(self.device),
+                               desc="Scoring completions")
+
+    def __call__(self, prompts: Sequence, completions: Sequence, **kwargs: Any) -> list[float]:
+        """TRL's reward-function call: other dataset columns and trainer state arrive in `kwargs` and are unused."""
+        scores = (self.raw_scores(prompts, completions) - self.reward_mean) / self.reward_std
+        return scores.tolist()
+
+    def calibrate(self, prompts: Sequence, completions: Sequence) -> MarsRewardFunction:
+        """Sets `reward_mean`/`reward_std` from a reference set (e.g. the SFT policy's answers), so rewards are ~N(0, 1)."""
+        scores = self.raw_scores(prompts, completions)
+        if len(scores) < 2:
+            raise ValueError("MarsRewardFunction.calibrate needs at least 2 reference completions.")
+        self.reward_mean = float(scores.mean())
+        self.reward_std = float(scores.std()) or 1.0
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        name = getattr(self.model.config, "_name_or_path", type(self.model).__name__)
+        return (f"MarsRewardFunction({name!r}, max_length={self.max_length}, mean={self.reward_mean:.4g}, "
+                f"std={self.reward_std:.4g})")
