@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,55 @@ def load_reward_model(path: str, *, device: Any = None, dtype: Any = None):
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the eval_rm recipe as importable code
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalRewardModelArguments:
+    """Arguments of `recipes/eval_rm.py` (TrlParser: YAML via --config, CLI flags)."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Folder of a reward model saved by MarsRewardTrainer (a full model, or a LoRA adapter "
+                          "folder with adapter_config.json: its base is loaded and the adapter merged)."})
+    dataset_name: str = field(
+        metadata={"help": "A Hub dataset id (e.g. allenai/reward-bench) or a local .json/.jsonl file with prompt, "
+                          "chosen, rejected and optionally subset fields (RewardBench's format)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Split to score. Default: 'filtered' for allenai/reward-bench, else 'test'; "
+                                        "a local file is scored whole."})
+    output_json: str | None = field(default=None, metadata={"help": "Where to write the report as JSON."})
+    max_length: int | None = field(
+        default=512, metadata={"help": "Token limit per sequence; longer pairs lose the start of the prompt, as in "
+                                       "training (mars_truncation=keep_end). Use the value the model was trained "
+                                       "with."})
+    batch_size: int = field(default=64, metadata={"help": "Pairs per forward pass."})
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Score only a seeded subset of this many pairs (quick checks)."})
+    pku_preference: str = field(
+        default="better", metadata={"help": "PKU-SafeRLHF only: 'better' (more helpful) or 'safer' response as "
+                                            "chosen.", "choices": ["better", "safer"]})
+    device: str | None = field(default=None, metadata={"help": "torch device. Default: cuda when available, else cpu."})
+
+
+def run_evaluation(args: EvalRewardModelArguments) -> dict[str, Any]:
+    """Loads the model and data, scores every pair, prints the table, writes the JSON; returns the report."""
+    from .data import load_evaluation_dataset, take_subset
+
+    dataset = load_evaluation_dataset(args.dataset_name, split=args.dataset_split,
+                                      dataset_config=args.dataset_config, pku_preference=args.pku_preference)
+    dataset = take_subset(dataset, args.max_samples)
+    model, tokenizer = load_reward_model(args.model_name_or_path, device=args.device)
+    margins = score_pairs(model, tokenizer, dataset, max_length=args.max_length, batch_size=args.batch_size)
+    subsets = dataset["subset"][:] if "subset" in dataset.column_names else None
+    report = {"model": args.model_name_or_path, "dataset": args.dataset_name,
+              **evaluate_margins(margins, list(subsets) if subsets is not None else None)}
+    print(format_report(report))
+    if args.output_json:
+        write_report(report, args.output_json)
+        print(f"report written to {args.output_json}")
+    return report
