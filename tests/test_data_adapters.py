@@ -170,3 +170,8 @@ def test_hold_out_grouped_by_prompt_id():
     assert len(evaluation) == 6 and len(train) == 24
     with pytest.raises(PreferenceDataError, match="no column 'question_id'"):
         split_holdout(Dataset.from_list(rows), 0.2, group_by="question_id")
+
+
+def test_a_missing_local_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pairs_missing.jsonl' does not exist"):
+        load_preference_splits(str(tmp_path / "pairs_missing.jsonl"))

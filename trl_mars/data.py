@@ -346,6 +346,13 @@ def split_holdout(dataset: Dataset, eval_fraction: float, *, seed: int = DATA_SE
     return dataset.select(train_rows), dataset.select(eval_rows)
 
 
+def _check_local_path(dataset_name: str) -> None:
+    """A missing local file fails here, not as a confusing Hub lookup of a path."""
+    if dataset_name.endswith((".json", ".jsonl")) and not os.path.isfile(dataset_name):
+        raise FileNotFoundError(f"dataset file {dataset_name!r} does not exist (resolved from {os.getcwd()}). "
+                                "Fix the path; relative paths are taken from the current directory.")
+
+
 def load_preference_splits(
     dataset_name: str,
     *,
@@ -365,6 +372,7 @@ def load_preference_splits(
     pairs never depend on `max_train_samples`, which then takes a seeded subset of the rest (the paper uses 1k-pair
     subsets). `seed` is a data seed (default `DATA_SEED`): keep it fixed across runs you compare.
     """
+    _check_local_path(dataset_name)
     if dataset_name == EMBEDDED_DATASET:
         splits = load_dataset("json", data_files=embedded_dataset_files())
     elif os.path.isfile(dataset_name):
@@ -392,6 +400,7 @@ def load_evaluation_dataset(dataset_name: str, *, split: str | None = None, data
     `allenai/reward-bench` defaults to its "filtered" split (prompt, chosen, rejected, subset, ...); other Hub
     datasets to "test". A local file in RewardBench's format (with a `subset` column) is scored per subset too.
     """
+    _check_local_path(dataset_name)
     if os.path.isfile(dataset_name):
         if not dataset_name.endswith((".json", ".jsonl")):
             raise ValueError(f"{dataset_name!r}: local files must be .json or .jsonl with prompt/chosen/rejected "
