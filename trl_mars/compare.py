@@ -192,7 +192,11 @@ class Cell:
         config = self.args.to_dict()
         out = {k: v for k, v in config.items() if k.startswith("mars_") and k not in _IGNORED_MARS}
         out.update({k: config.get(k) for k in _RESULT_SETTINGS})
-        out.update({"model": self.model_name, "peft": repr(self.peft_config) if self.peft_config else None,
+        peft = None
+        if self.peft_config is not None:  # sets (target modules) sorted: the record must not depend on hash order
+            peft = json.dumps(self.peft_config.to_dict(), sort_keys=True,
+                              default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o))
+        out.update({"model": self.model_name, "peft": peft,
                     "train_fingerprint": self.dataset.train_fingerprint,
                     "eval_fingerprint": self.dataset.eval_fingerprint})
         return json.loads(json.dumps(out, default=str))
