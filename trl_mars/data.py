@@ -176,15 +176,43 @@ def prompt_text(value: str | list[dict]) -> str:
 
 # ----- tokenisation -----
 
+_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def render_messages(messages: list[dict]) -> str:
+    """Chat turns as plain text, one "Role: content" block per turn separated by blank lines.
+
+    Our choice for tokenizers without a chat template: it reads like the HH-RLHF dialogues ("Human: ... Assistant:
+    ..."), so an encoder sees the same shape of text whether a dataset was conversational or not.
+    """
+    return "\n\n".join(f"{_ROLE_NAMES.get(m['role'], str(m['role']).capitalize())}: {response_text([m])}"
+                        for m in messages)
+
+
+def render_conversation_example(example: dict[str, Any]) -> dict[str, Any]:
+    """An explicit-prompt conversational example as standard text: the prompt turns, then each side's turns."""
+    prompt = example.get("prompt") or []
+    out = {**example, "prompt": (render_messages(prompt) + "\n\n") if prompt else ""}
+    for side in ("chosen", "rejected"):
+        out[side] = render_messages(example[side])
+    return out
+
+
 def tokenize_pair(example: dict[str, Any], tokenizer) -> dict[str, list[int]]:
     """Tokenises one explicit-prompt example like `trl.RewardTrainer` does, plus encoders without an EOS token.
 
     With an EOS token (decoders, or `eos_token` set in the config) the prompt and response are concatenated and EOS
     appended, exactly as TRL does. Without one (BERT, MiniLM, DeBERTa), which TRL cannot handle, prompt and
     response are encoded as a sentence pair: `[CLS] prompt [SEP] response [SEP]`.
+
+    Conversational examples go through the tokenizer's chat template. A tokenizer without one (most encoders,
+    where TRL raises) gets the turns rendered as text instead (`render_conversation_example`), the same way for
+    training, synthetic pairs and evaluation.
     """
     tools = example.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
+    if is_conversational(example) and getattr(tokenizer, "chat_template", None) is None:
+        example = render_conversation_example(example)
     if is_conversational(example):
         kwargs = {"tools": tools, **(example.get("chat_template_kwargs") or {})}
         out = {}
@@ -224,6 +252,12 @@ def truncate_keep_end(ids: Sequence[int], max_length: int, special_ids: set[int]
 
 # ----- loading -----
 
+# Seed of every data-selection step (train subset, eval hold-out). Deliberately not the training seed: runs that
+# compare strategies or training seeds must see the same pairs, so the data never moves with `--seed`.
+DATA_SEED = 42
+PKU_PREFERENCES = {"better": "better_response_id", "safer": "safer_response_id"}
+
+
 def embedded_dataset_files() -> dict[str, str]:
     """Paths of the small preference set that ships inside `trl_mars` (offline demo and tests)."""
     return {
@@ -232,23 +266,91 @@ def embedded_dataset_files() -> dict[str, str]:
     }
 
 
-def _adapt_pku_saferlhf(dataset: Dataset, preference_key: str = "better_response_id") -> Dataset:
-    """PKU-SafeRLHF rows (prompt, response_0, response_1, better_response_id) -> prompt/chosen/rejected."""
+def adapt_pku_saferlhf(dataset: Dataset, preference: str = "better") -> Dataset:
+    """PKU-SafeRLHF rows -> prompt/chosen/rejected.
+
+    Each row has two responses to one prompt (`response_0`, `response_1`) and two human judgements:
+    `better_response_id` (more helpful) and `safer_response_id` (more harmless). `preference="better"` (default,
+    the paper does not say which it used) takes the more helpful one as chosen, `"safer"` the more harmless one.
+    Other columns are dropped.
+    """
+    if preference not in PKU_PREFERENCES:
+        raise ValueError(f"PKU-SafeRLHF preference {preference!r} is not one of {list(PKU_PREFERENCES)}.")
+    key = PKU_PREFERENCES[preference]
+    for column in ("prompt", "response_0", "response_1", key):
+        if column not in dataset.column_names:
+            raise PreferenceDataError(f"missing column '{column}' of the PKU-SafeRLHF format.", dataset="PKU-SafeRLHF",
+                                      column=column, fix="load PKU-Alignment/PKU-SafeRLHF unchanged.")
+    for row, value in enumerate(column_values(dataset, key)):
+        if value not in (0, 1):
+            raise PreferenceDataError(f"'{key}' is {value!r}, not 0 or 1.", dataset="PKU-SafeRLHF", row=row,
+                                      column=key, fix="drop the row.")
 
     def convert(example):
-        best = int(example[preference_key])
+        best = int(example[key])
         return {"prompt": example["prompt"], "chosen": example[f"response_{best}"],
                 "rejected": example[f"response_{1 - best}"]}
 
-    return dataset.map(convert, remove_columns=dataset.column_names, desc="Converting PKU-SafeRLHF")
+    return dataset.map(convert, remove_columns=dataset.column_names, desc=f"PKU-SafeRLHF ({preference} response)")
 
 
-def adapt_columns(dataset: Dataset) -> Dataset:
-    """Recognises known dataset layouts and converts them to prompt/chosen/rejected; others pass unchanged."""
+def adapt_columns(dataset: Dataset, *, pku_preference: str = "better") -> Dataset:
+    """Recognises known dataset layouts and converts them to prompt/chosen/rejected; others pass unchanged.
+
+    - Anthropic/hh-rlhf (`chosen`/`rejected` whole dialogues, implicit prompt) and trl-lib/ultrafeedback_binarized
+      (`chosen`/`rejected` message lists, implicit prompt) are already in TRL's format: unchanged (extra columns such
+      as `score_chosen` are ignored by the trainer).
+    - PKU-Alignment/PKU-SafeRLHF (`response_0`/`response_1` + `better_response_id`/`safer_response_id`):
+      converted by `adapt_pku_saferlhf`, choosing by `pku_preference`.
+    """
     columns = set(dataset.column_names)
     if {"response_0", "response_1", "better_response_id"} <= columns and "chosen" not in columns:
-        return _adapt_pku_saferlhf(dataset)
+        return adapt_pku_saferlhf(dataset, pku_preference)
     return dataset
+
+
+def take_subset(dataset: Dataset, max_samples: int | None, seed: int = DATA_SEED) -> Dataset:
+    """A seeded random subset of `max_samples` rows (all rows when None or larger than the dataset)."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(max_samples))
+
+
+def split_holdout(dataset: Dataset, eval_fraction: float, *, seed: int = DATA_SEED,
+                  group_by: str | None = None) -> tuple[Dataset, Dataset]:
+    """(train, eval): a seeded share of rows held out, or of groups when `group_by` names a column.
+
+    With `group_by` (e.g. `prompt_id` for data with several pairs per prompt) every group lands wholly on one side,
+    so no prompt is seen in training and scored in evaluation; the eval share is then `eval_fraction` of the groups.
+    """
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}.")
+    if group_by is None:
+        parts = dataset.train_test_split(test_size=eval_fraction, seed=seed)
+        return parts["train"], parts["test"]
+    if group_by not in dataset.column_names:
+        raise PreferenceDataError(f"no column '{group_by}' to group the hold-out by (columns: "
+                                  f"{sorted(dataset.column_names)}).", dataset="train", column=group_by,
+                                  fix="name an existing column, or split by rows (no group_by).")
+    keys = column_values(dataset, group_by)
+    groups = sorted(set(keys), key=str)
+    if len(groups) < 2:
+        raise ValueError(f"column '{group_by}' has {len(groups)} distinct value(s): nothing to split by.")
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(groups))
+    num_eval = min(len(groups) - 1, max(1, round(eval_fraction * len(groups))))
+    held_out = {groups[i] for i in order[:num_eval]}
+    train_rows = [i for i, key in enumerate(keys) if key not in held_out]
+    eval_rows = [i for i, key in enumerate(keys) if key in held_out]
+    return dataset.select(train_rows), dataset.select(eval_rows)
+
+
+def _check_local_path(dataset_name: str) -> None:
+    """A missing local file fails here, not as a confusing Hub lookup of a path."""
+    if dataset_name.endswith((".json", ".jsonl")) and not os.path.isfile(dataset_name):
+        raise FileNotFoundError(f"dataset file {dataset_name!r} does not exist (resolved from {os.getcwd()}). "
+                                "Fix the path; relative paths are taken from the current directory.")
 
 
 def load_preference_splits(
@@ -258,14 +360,19 @@ def load_preference_splits(
     train_split: str = "train",
     test_split: str = "test",
     eval_fraction: float = 0.1,
-    seed: int = 42,
+    seed: int = DATA_SEED,
     max_train_samples: int | None = None,
+    group_by: str | None = None,
+    pku_preference: str = "better",
 ) -> tuple[Dataset, Dataset | None]:
     """Loads (train, eval) from the embedded set, a local JSON/JSONL file or directory, or a Hub dataset id.
 
     The eval split is the dataset's `test_split` when it exists, else a seeded `eval_fraction` held out of train
-    (none when `eval_fraction` is 0). `max_train_samples` takes a seeded subset (the paper uses 1k-pair subsets).
+    (none when `eval_fraction` is 0), by rows or by the `group_by` column. The hold-out is taken first, so the eval
+    pairs never depend on `max_train_samples`, which then takes a seeded subset of the rest (the paper uses 1k-pair
+    subsets). `seed` is a data seed (default `DATA_SEED`): keep it fixed across runs you compare.
     """
+    _check_local_path(dataset_name)
     if dataset_name == EMBEDDED_DATASET:
         splits = load_dataset("json", data_files=embedded_dataset_files())
     elif os.path.isfile(dataset_name):
@@ -278,11 +385,29 @@ def load_preference_splits(
     if train_split not in splits:
         raise ValueError(f"--dataset_name {dataset_name!r} has splits {list(splits)}, not {train_split!r}. "
                          "Set --dataset_train_split.")
-    train = adapt_columns(splits[train_split])
-    evaluation = adapt_columns(splits[test_split]) if test_split in splits else None
-    if max_train_samples is not None and max_train_samples < len(train):
-        train = train.shuffle(seed=seed).select(range(max_train_samples))
+    train = adapt_columns(splits[train_split], pku_preference=pku_preference)
+    evaluation = adapt_columns(splits[test_split], pku_preference=pku_preference) if test_split in splits else None
     if evaluation is None and eval_fraction > 0:
-        parts = train.train_test_split(test_size=eval_fraction, seed=seed)
-        train, evaluation = parts["train"], parts["test"]
+        train, evaluation = split_holdout(train, eval_fraction, seed=seed, group_by=group_by)
+    train = take_subset(train, max_train_samples, seed)
     return train, evaluation
+
+
+def load_evaluation_dataset(dataset_name: str, *, split: str | None = None, dataset_config: str | None = None,
+                            pku_preference: str = "better") -> Dataset:
+    """One split for evaluation: a local .json/.jsonl file (all rows) or a Hub dataset.
+
+    `allenai/reward-bench` defaults to its "filtered" split (prompt, chosen, rejected, subset, ...); other Hub
+    datasets to "test". A local file in RewardBench's format (with a `subset` column) is scored per subset too.
+    """
+    _check_local_path(dataset_name)
+    if os.path.isfile(dataset_name):
+        if not dataset_name.endswith((".json", ".jsonl")):
+            raise ValueError(f"{dataset_name!r}: local files must be .json or .jsonl with prompt/chosen/rejected "
+                             "fields (and optionally subset).")
+        dataset = load_dataset("json", data_files={"eval": dataset_name}, split="eval")
+    else:
+        if split is None:
+            split = "filtered" if dataset_name == "allenai/reward-bench" else "test"
+        dataset = load_dataset(dataset_name, name=dataset_config, split=split)
+    return adapt_columns(dataset, pku_preference=pku_preference)

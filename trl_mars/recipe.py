@@ -82,7 +82,6 @@ def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model
         train_split=script_args.dataset_train_split,
         test_split=script_args.dataset_test_split,
         eval_fraction=script_args.eval_fraction,
-        seed=training_args.seed,
         max_train_samples=script_args.max_train_samples,
     )
     model_name = resolve_model_name(model_args.model_name_or_path)

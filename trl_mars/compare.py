@@ -1,0 +1,540 @@
+"""The comparison harness: strategies x seeds x datasets under identical settings and budgets.
+
+`recipes/compare.py` parses arguments and calls `run_grid`; everything else is here.
+
+How a grid runs:
+
+* Data first, once per dataset: a held-out split (the dataset's test split, else a seeded share of rows, or of
+  groups of `group_by` when the dataset has that column), then a seeded `max_train_samples` subset. The data seed
+  is not the training seed, so every cell of a dataset trains and is scored on the same pairs (each result
+  records fingerprints of both to prove it).
+* Every cell's `MarsRewardConfig` is built (and so validated) before anything trains: a bad strategy name or
+  override fails in seconds. A cell is a strategy (any `mars_strategy` the config accepts) or a named variant
+  with config overrides (`mars_abs: {mars_strategy: mars, mars_margin_mode: absolute}`; LoRA via `use_peft`,
+  `lora_r`, ... as in TRL's `ModelConfig`).
+* Cells train in this process through the public trainer API, one after another. We chose in-process over a
+  subprocess per cell: MiniLM/base-size cells are small, the interpreter, tokenizer and CUDA context start once,
+  and a failure surfaces as a normal traceback. Each cell re-seeds before the model is built and frees the model
+  afterwards, so a cell's result does not depend on which cells ran before it (the tests check this).
+* One augmentation cache (`mars_cache_dir`, default `<output_dir>/cache`) serves the whole grid, so strategies
+  and seeds that ask for the same paraphrases pay once.
+* Resumable: a cell that finished has `cells/<dataset>/<variant>/seed_<s>/result.json` and is not recomputed;
+  if its recorded settings differ from the grid's, we stop rather than mix results.
+* Outputs in `output_dir`: `results.md` (mean +- std over seeds, best in bold, majority baseline where a
+  `chosen_generator`-style column exists), `results.json` (every cell), `plots/accuracy.png` and
+  `plots/margins_by_round.png` (training-pair margins at each round from each run's `allocation.jsonl`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PACKAGED_MINILM, STRATEGIES
+from .data import DATA_SEED, column_values, load_preference_splits, split_holdout, take_subset
+
+logger = logging.getLogger("trl_mars")
+RESULT_FILE = "result.json"
+# Training settings that decide a cell's result (with every `mars_*` field): a finished cell is reused only when
+# these match. Paths, logging and hardware switches are left out on purpose.
+_RESULT_SETTINGS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                    "max_length", "weight_decay", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "max_steps",
+                    "seed", "center_rewards_coefficient", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
+                    "max_grad_norm")
+_MODEL_OVERRIDES = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                    "lora_modules_to_save", "lora_task_type", "model_name_or_path")
+_IGNORED_MARS = ("mars_cache_dir", "mars_scoring_batch_size", "mars_chat_max_concurrency", "mars_chat_timeout",
+                 "mars_chat_max_retries", "mars_paraphraser_batch_size")
+
+# What `recipes/compare.py` runs with when the YAML and CLI say nothing: offline, checkpoints off.
+COMPARE_DEFAULTS: dict[str, Any] = {
+    "model_name_or_path": PACKAGED_MINILM,
+    "output_dir": "outputs/compare",
+    "mars_paraphraser": "lexical",
+    "mars_embedding_model": PACKAGED_MINILM,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 5e-5,
+    "max_length": 512,
+    "gradient_checkpointing": False,
+    "logging_steps": 50,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+
+
+@dataclass
+class CompareArguments:
+    """The grid: which datasets, strategies/variants and seeds, and how each dataset is split."""
+
+    datasets: list[str] = field(
+        default_factory=lambda: ["embedded"],
+        metadata={"help": "Datasets: local .json/.jsonl files, Hub ids or 'embedded'. Each is split once into train "
+                          "and held-out pairs shared by every cell."})
+    strategies: list[str] = field(
+        default_factory=lambda: ["none", "uniform", "mars_nosem", "mars"],
+        metadata={"help": "Cells per dataset and seed: `mars_strategy` values, or names of `variants`. Variants not "
+                          "listed here are run too."})
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3],
+                             metadata={"help": "Training seeds (model init, data order, allocation sampling)."})
+    variants: dict | str | None = field(
+        default=None,
+        metadata={"help": "Named variants with config overrides, as a YAML mapping in --config (or JSON on the CLI), "
+                          "e.g. {mars_abs: {mars_strategy: mars, mars_margin_mode: absolute}}. Keys are "
+                          "MarsRewardConfig fields, or ModelConfig's use_peft/lora_* for LoRA."})
+    eval_fraction: float = field(
+        default=0.2, metadata={"help": "Share held out for evaluation when a dataset has no test split."})
+    group_by: str | None = field(
+        default="prompt_id",
+        metadata={"help": "Hold out whole groups of this column when a dataset has it (AlpacaEval pairs share "
+                          "prompts); datasets without it are split by rows."})
+    split_seed: int = field(default=DATA_SEED,
+                           metadata={"help": "Seed of the hold-out and subsets; independent of the training seeds."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Seeded subset of each train split."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Seeded subset of each held-out split."})
+    majority_column: str = field(
+        default="chosen_generator",
+        metadata={"help": "Column naming who wrote the chosen response; where present, the table shows the accuracy "
+                          "of always preferring the side most often chosen in train."})
+    pku_preference: str = field(default="better", metadata={"help": "PKU-SafeRLHF: 'better' or 'safer' response."})
+    save_models: bool = field(default=False, metadata={"help": "Keep each cell's trained model (disk heavy)."})
+    plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib)."})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GridDataset:
+    key: str
+    name: str
+    train: Any
+    evaluation: Any
+    majority: dict[str, Any] | None
+    train_fingerprint: str
+    eval_fingerprint: str
+
+
+def dataset_key(name: str) -> str:
+    """A folder-safe name: a file's stem, or a Hub id with '/' replaced."""
+    path = Path(name)
+    base = path.stem if path.suffix in (".json", ".jsonl") else name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "__", base)
+
+
+def fingerprint(dataset) -> str:
+    """A short hash of the pairs' text: equal fingerprints mean the same pairs in the same order."""
+    digest = hashlib.sha256()
+    columns = [c for c in ("prompt", "chosen", "rejected") if c in dataset.column_names]
+    values = [column_values(dataset, c) for c in columns]
+    for row in zip(*values):
+        digest.update(json.dumps(row, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_dataset(name: str, args: CompareArguments) -> GridDataset:
+    """Train and held-out pairs of one dataset, the same for every cell of the grid."""
+    from .evaluation import majority_baseline
+
+    train, evaluation = load_preference_splits(name, eval_fraction=0, seed=args.split_seed,
+                                               pku_preference=args.pku_preference)
+    if evaluation is None:
+        if not 0 < args.eval_fraction < 1:
+            raise ValueError(f"{name} has no test split: set --eval_fraction in (0, 1) to hold out pairs.")
+        group = args.group_by if args.group_by in train.column_names else None
+        train, evaluation = split_holdout(train, args.eval_fraction, seed=args.split_seed, group_by=group)
+    train = take_subset(train, args.max_train_samples, args.split_seed)
+    evaluation = take_subset(evaluation, args.max_eval_samples, args.split_seed)
+    majority = None
+    if args.majority_column in train.column_names and args.majority_column in evaluation.column_names:
+        majority = majority_baseline(column_values(train, args.majority_column),
+                                     column_values(evaluation, args.majority_column))
+    return GridDataset(dataset_key(name), name, train, evaluation, majority, fingerprint(train),
+                       fingerprint(evaluation))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cells
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    dataset: GridDataset
+    variant: str
+    seed: int
+    overrides: dict[str, Any]
+    args: Any  # MarsRewardConfig
+    model_name: str
+    peft_config: Any
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.args.output_dir)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides this cell's result: compared with a finished cell's record before reusing it."""
+        config = self.args.to_dict()
+        out = {k: v for k, v in config.items() if k.startswith("mars_") and k not in _IGNORED_MARS}
+        out.update({k: config.get(k) for k in _RESULT_SETTINGS})
+        peft = None
+        if self.peft_config is not None:  # sets (target modules) sorted: the record must not depend on hash order
+            peft = json.dumps(self.peft_config.to_dict(), sort_keys=True,
+                              default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o))
+        out.update({"model": self.model_name, "peft": peft,
+                    "train_fingerprint": self.dataset.train_fingerprint,
+                    "eval_fingerprint": self.dataset.eval_fingerprint})
+        return json.loads(json.dumps(out, default=str))
+
+
+def parse_variants(strategies: list[str], variants: dict | str | None) -> dict[str, dict[str, Any]]:
+    """{variant name: overrides}: plain strategies first (in the given order), then named variants."""
+    if isinstance(variants, str):
+        variants = json.loads(variants)
+    variants = dict(variants or {})
+    out: dict[str, dict[str, Any]] = {}
+    for name in strategies:
+        if name in variants:
+            out[name] = dict(variants[name] or {})
+        elif name in STRATEGIES:
+            out[name] = {"mars_strategy": name}
+        else:
+            raise ValueError(f"strategy {name!r} is neither a `mars_strategy` ({list(STRATEGIES)}) nor a variant "
+                             f"defined in `variants` ({sorted(variants)}). Fix the name or define the variant.")
+    for name, overrides in variants.items():
+        if not isinstance(overrides, dict):
+            raise ValueError(f"variant {name!r}: overrides must be a mapping of config fields, got {overrides!r}.")
+        out.setdefault(name, dict(overrides))
+    return out
+
+
+def build_cells(datasets: list[GridDataset], args: CompareArguments, base_args, model_args) -> list[Cell]:
+    """Every cell's config, built (and so validated by MarsRewardConfig) before any training."""
+    from trl import get_peft_config
+
+    variants = parse_variants(args.strategies, args.variants)
+    root = Path(base_args.output_dir)
+    cache_dir = base_args.mars_cache_dir or str(root / "cache")
+    config_fields = {f.name for f in dataclasses.fields(base_args)}
+    cells = []
+    for dataset in datasets:
+        for variant, overrides in variants.items():
+            model_overrides = {k: v for k, v in overrides.items() if k in _MODEL_OVERRIDES}
+            unknown = set(overrides) - config_fields - set(model_overrides)
+            if unknown:
+                raise ValueError(f"variant {variant!r}: unknown field(s) {sorted(unknown)}; use MarsRewardConfig "
+                                 f"fields or {list(_MODEL_OVERRIDES)}.")
+            config_overrides = {k: v for k, v in overrides.items() if k in config_fields}
+            cell_model_args = dataclasses.replace(model_args, **model_overrides)
+            for seed in args.seeds:
+                directory = root / "cells" / dataset.key / variant / f"seed_{seed}"
+                try:
+                    cell_args = dataclasses.replace(base_args, **{**config_overrides, "seed": seed,
+                                                                  "output_dir": str(directory),
+                                                                  "mars_cache_dir": cache_dir})
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"variant {variant!r} (dataset {dataset.key}, seed {seed}): {error}") from error
+                peft_config = get_peft_config(cell_model_args)
+                if peft_config is not None and cell_model_args.lora_task_type == "CAUSAL_LM":
+                    peft_config.task_type = "SEQ_CLS"  # a reward model: the score head must be trained and saved
+                cells.append(Cell(dataset, variant, seed, overrides, cell_args,
+                                  _resolve_model(cell_model_args.model_name_or_path), peft_config))
+    return cells
+
+
+def _resolve_model(name: str | None) -> str:
+    from .recipe import resolve_model_name
+
+    return resolve_model_name(name or PACKAGED_MINILM)
+
+
+def _round_summaries(directory: Path) -> list[dict[str, Any]]:
+    summary_file = directory / "mars" / "summary.json"
+    if not summary_file.is_file():
+        return []
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    keep = ("round", "epoch", "margin", "allocation_entropy", "allocation_entropy_uniform", "budget",
+            "synthetic_pairs_added", "pairs_short_of_budget")
+    return [{k: entry[k] for k in keep if k in entry} for entry in summary.get("rounds", [])]
+
+
+def run_cell(cell: Cell, *, save_model: bool = False) -> dict[str, Any]:
+    """Trains one cell with `MarsRewardTrainer`, scores its held-out pairs, writes and returns its result."""
+    import torch
+    from transformers import set_seed
+
+    from .evaluation import evaluate_margins, score_pairs
+    from .trainer import MarsRewardTrainer
+
+    start = time.perf_counter()
+    cell.directory.mkdir(parents=True, exist_ok=True)
+    set_seed(cell.args.seed)  # the model's fresh head is drawn before Trainer seeds: make it the cell's own
+    trainer = MarsRewardTrainer(model=cell.model_name, args=cell.args, train_dataset=cell.dataset.train,
+                                peft_config=cell.peft_config)
+    trainer.train()
+    train_time = time.perf_counter() - start
+    evaluation = cell.dataset.evaluation
+    margins = score_pairs(trainer.model, trainer.processing_class, evaluation, max_length=cell.args.max_length,
+                          batch_size=cell.args.mars_scoring_batch_size)
+    subsets = column_values(evaluation, "subset") if "subset" in evaluation.column_names else None
+    report = evaluate_margins(margins, subsets)
+    if save_model:
+        trainer.save_model(str(cell.directory / "model"))
+    result = {
+        "dataset": cell.dataset.key, "dataset_name": cell.dataset.name, "variant": cell.variant, "seed": cell.seed,
+        "strategy": cell.args.mars_strategy, "overrides": cell.overrides,
+        "accuracy": report["accuracy"], "margin_mean": report["margin_mean"], "margin_std": report["margin_std"],
+        "snr": report["snr"], "n_eval": report["n"], "subsets": report["subsets"], "sections": report["sections"],
+        "average": report["average"], "n_train_original": len(cell.dataset.train),
+        "n_train_final": len(trainer.train_dataset), "rounds": _round_summaries(cell.directory),
+        "train_time_s": round(train_time, 2), "wall_time_s": round(time.perf_counter() - start, 2),
+        "eval_margins": [round(float(m), 5) for m in margins], "settings": cell.settings(),
+    }
+    (cell.directory / RESULT_FILE).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def load_finished(cell: Cell) -> dict[str, Any] | None:
+    """A finished cell's result, or None. Stops when the recorded settings differ from the grid's."""
+    path = cell.directory / RESULT_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    expected = cell.settings()
+    recorded = result.get("settings", {})
+    differing = sorted(k for k in set(expected) | set(recorded) if expected.get(k) != recorded.get(k))
+    if differing:
+        raise ValueError(
+            f"{path} was computed with other settings ({', '.join(f'{k}: {recorded.get(k)!r} -> {expected.get(k)!r}' for k in differing[:5])}). "
+            "Fix: use a new --output_dir for the new settings, or delete that cell's result.json to recompute it.")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the grid
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
+    """Prepares data, validates every cell, runs the unfinished ones, writes table, JSON and plots."""
+    root = Path(base_args.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    datasets = [prepare_dataset(name, args) for name in args.datasets]
+    keys = [d.key for d in datasets]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"two datasets share a folder name: {keys}. Rename one of the files.")
+    cells = build_cells(datasets, args, base_args, model_args)
+    results, computed = [], []
+    for number, cell in enumerate(cells, start=1):
+        label = f"{cell.dataset.key} / {cell.variant} / seed {cell.seed}"
+        result = load_finished(cell)
+        if result is None:
+            print(f"[compare] cell {number}/{len(cells)}: {label} ...", flush=True)
+            result = run_cell(cell, save_model=args.save_models)
+            computed.append(label)
+            print(f"[compare] cell {number}/{len(cells)}: {label}: accuracy {result['accuracy']:.3f} "
+                  f"({result['wall_time_s']:.0f}s)", flush=True)
+        else:
+            print(f"[compare] cell {number}/{len(cells)}: {label}: finished earlier, accuracy "
+                  f"{result['accuracy']:.3f}", flush=True)
+        results.append(result)
+    report = summarise(results, datasets, list(parse_variants(args.strategies, args.variants)))
+    report["computed"] = computed
+    (root / "results.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (root / "results.md").write_text(markdown_table(report), encoding="utf-8")
+    if args.plots:
+        report["plots"] = write_plots(report, root)
+    print(markdown_table(report))
+    print(f"[compare] {len(computed)} cells computed, {len(cells) - len(computed)} reused; results in {root}")
+    return report
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else None)
+
+
+def summarise(results: list[dict[str, Any]], datasets: list[GridDataset], variants: list[str]) -> dict[str, Any]:
+    """Per dataset and variant: mean and std (ddof=1) over seeds of accuracy, SNR and wall time."""
+    table: dict[str, dict[str, Any]] = {}
+    for dataset in datasets:
+        rows = {}
+        for variant in variants:
+            cell_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == variant]
+            if not cell_results:
+                continue
+            accuracy, accuracy_std = _mean_std([r["accuracy"] for r in cell_results])
+            snrs = [r["snr"] for r in cell_results if r["snr"] is not None]
+            snr, snr_std = _mean_std(snrs) if snrs else (None, None)
+            rows[variant] = {"accuracy_mean": accuracy, "accuracy_std": accuracy_std, "snr_mean": snr,
+                             "snr_std": snr_std, "seeds": [r["seed"] for r in cell_results],
+                             "accuracy_per_seed": [r["accuracy"] for r in cell_results],
+                             "wall_time_s_mean": float(np.mean([r["wall_time_s"] for r in cell_results]))}
+        table[dataset.key] = {"name": dataset.name, "n_train": len(dataset.train), "n_eval": len(dataset.evaluation),
+                              "train_fingerprint": dataset.train_fingerprint,
+                              "eval_fingerprint": dataset.eval_fingerprint, "majority_baseline": dataset.majority,
+                              "variants": rows}
+    return {"datasets": table, "variants": variants, "cells": results}
+
+
+def _cell_text(mean: float | None, std: float | None, bold: bool) -> str:
+    if mean is None:
+        return "n/a"
+    text = f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+    return f"**{text}**" if bold else text
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Held-out accuracy and margin SNR per variant (rows) and dataset (columns): mean ± std over seeds."""
+    datasets = report["datasets"]
+    keys = list(datasets)
+    lines = ["| strategy | " + " | ".join(f"{k} accuracy (n={datasets[k]['n_eval']})" for k in keys) + " | "
+             + " | ".join(f"{k} margin SNR" for k in keys) + " | mean wall time per run (s) |",
+             "|---|" + "---|" * (2 * len(keys) + 1)]
+    best = {}
+    for key in keys:
+        means = [row["accuracy_mean"] for row in datasets[key]["variants"].values()]
+        best[key] = max(means) if means else None
+    for variant in report["variants"]:
+        accuracy_cells, snr_cells, times = [], [], []
+        for key in keys:
+            row = datasets[key]["variants"].get(variant)
+            if row is None:
+                accuracy_cells.append("n/a")
+                snr_cells.append("n/a")
+                continue
+            accuracy_cells.append(_cell_text(row["accuracy_mean"], row["accuracy_std"],
+                                             math.isclose(row["accuracy_mean"], best[key])))
+            snr_cells.append(_cell_text(row["snr_mean"], row["snr_std"], False))
+            times.append(row["wall_time_s_mean"])
+        wall_time = f"{np.mean(times):.1f}" if times else "n/a"
+        lines.append(f"| {variant} | " + " | ".join(accuracy_cells) + " | " + " | ".join(snr_cells)
+                     + f" | {wall_time} |")
+    majority = [datasets[k]["majority_baseline"] for k in keys]
+    if any(majority):
+        lines.append("| majority baseline | " + " | ".join(
+            f"{m['accuracy']:.3f} (always {m['label']})" if m else "—" for m in majority) + " |"
+            + " |" * (len(keys) + 1))
+    seeds = sorted({s for k in keys for row in datasets[k]["variants"].values() for s in row["seeds"]})
+    lines.append("")
+    lines.append(f"Held-out pairwise accuracy, mean ± std (ddof=1) over seeds {seeds}; best mean per dataset in bold. "
+                 + " ".join(f"{k}: {datasets[k]['n_train']} train pairs." for k in keys))
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# plots
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _read_round_margins(cell_directory: Path) -> dict[int, np.ndarray]:
+    out = {}
+    for path in sorted((cell_directory / "mars").glob("round_*/allocation.jsonl")):
+        round_index = int(path.parent.name.split("_")[1])
+        with path.open(encoding="utf-8") as handle:
+            out[round_index] = np.array([json.loads(line)["margin"] for line in handle if line.strip()])
+    return out
+
+
+def write_plots(report: dict[str, Any], root: Path) -> list[str]:
+    """accuracy.png (per dataset: mean ± std per variant, seeds as dots, majority baseline dashed) and
+    margins_by_round.png (training-pair margins each round, first seed, every variant with round evidence)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots (pip install matplotlib, then rerun: finished cells "
+                       "are reused).")
+        return []
+    plots_dir = root / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    datasets = report["datasets"]
+    keys = list(datasets)
+    written = []
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.0, 1.1 * len(report["variants"]) + 2) * len(keys), 4.5),
+                             squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        rows = datasets[key]["variants"]
+        names = [v for v in report["variants"] if v in rows]
+        means = [rows[v]["accuracy_mean"] for v in names]
+        stds = [rows[v]["accuracy_std"] or 0.0 for v in names]
+        positions = np.arange(len(names))
+        ax.bar(positions, means, yerr=stds, capsize=4, color="#8fb3d9", edgecolor="#2b5d8c")
+        for position, variant in zip(positions, names):
+            points = rows[variant]["accuracy_per_seed"]
+            ax.scatter([position] * len(points), points, color="#1b1b1b", s=12, zorder=3)
+        majority = datasets[key]["majority_baseline"]
+        if majority:
+            ax.axhline(majority["accuracy"], color="#c0392b", linestyle="--", linewidth=1,
+                       label=f"majority baseline ({majority['accuracy']:.3f})")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xticks(positions, names, rotation=30, ha="right")
+        low = min([*means, majority["accuracy"] if majority else 1.0]) - 0.1
+        ax.set_ylim(max(0.0, low), min(1.0, max(means) + 0.08))
+        ax.set_ylabel("held-out pairwise accuracy")
+        ax.set_title(f"{key} (n={datasets[key]['n_eval']})")
+    fig.tight_layout()
+    path = plots_dir / "accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(str(path))
+
+    # Margin distributions: the training pairs' margins each round scored with r^{t-1}, per variant (first seed).
+    series: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    for key in keys:
+        for variant in report["variants"]:
+            seeds = datasets[key]["variants"].get(variant, {}).get("seeds", [])
+            if not seeds:
+                continue
+            margins = _read_round_margins(root / "cells" / key / variant / f"seed_{seeds[0]}")
+            if margins:
+                series.setdefault(key, {})[variant] = margins
+    if series:
+        num_rounds = max(max(m) for per_variant in series.values() for m in per_variant.values())
+        fig, axes = plt.subplots(len(series), num_rounds, figsize=(4.2 * num_rounds, 3.4 * len(series)),
+                                 squeeze=False)
+        for row, (key, per_variant) in enumerate(series.items()):
+            for column in range(num_rounds):
+                ax = axes[row][column]
+                round_index = column + 1
+                values = [m[round_index] for m in per_variant.values() if round_index in m]
+                if not values:
+                    ax.set_axis_off()
+                    continue
+                bins = np.histogram_bin_edges(np.concatenate(values), bins=30)
+                for variant, margins in per_variant.items():
+                    if round_index in margins:
+                        ax.hist(margins[round_index], bins=bins, histtype="step", linewidth=1.5, density=True,
+                                label=f"{variant} (mean {margins[round_index].mean():+.2f})")
+                ax.axvline(0.0, color="grey", linewidth=0.8)
+                ax.set_title(f"{key}: round {round_index}", fontsize=10)
+                ax.set_xlabel("training-pair margin r(x,y+) - r(x,y-)")
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plots_dir / "margins_by_round.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(str(path))
+    return written
