@@ -244,6 +244,10 @@ class MarsRewardConfig(RewardConfig):
         for name in _PATH_FIELDS:
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        # TRL's RewardConfig defaults the deprecated `gradient_checkpointing` to True, which makes transformers warn
+        # on every config. Carry that default over to its new name; an explicit False still warns as it should.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is True:
+            self.activation_checkpointing, self.gradient_checkpointing = True, None
         # TRL defaults `bf16` to True, which fails at start-up on machines without bf16 support (any CPU-only
         # box). Unset, we turn it on only where the accelerator supports it; an explicit value is kept as given.
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
