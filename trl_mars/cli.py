@@ -28,7 +28,7 @@ TRACEBACK_ENV = "TRL_MARS_TRACEBACK"
 SETUP_ERRORS = (ValueError, OSError, RuntimeError)
 
 _GROUP_TITLES = {
-    "MarsScriptArguments": "Data (recipe)",
+    "MarsScriptArguments": "Recipe: data and CPU threads",
     "ModelConfig": "Model (trl.ModelConfig)",
 }
 _TAIL_TITLE = "Training (transformers.TrainingArguments and trl.RewardConfig)"
@@ -71,8 +71,9 @@ class MarsParser(TrlParser):
         for action in self._optionals._group_actions:
             by_dest.setdefault(action.dest, []).append(action)
             # Show `--mars_tau`, not also `--mars-tau`: both still parse (`_option_string_actions` keeps them).
-            if len(action.option_strings) == 2 and action.option_strings[1] == action.option_strings[0].replace("_", "-"):
-                action.option_strings = action.option_strings[:1]
+            names = action.option_strings
+            if len(names) == 2 and names[1] == names[0].replace("_", "-"):
+                action.option_strings = names[:1]
         groups = []
 
         def take(title: str, dests) -> None:

@@ -104,7 +104,12 @@ def check_pretrained(
 def _probe_hub(name: str, *, setting: str, fix: str, revision: str | None, marker: str) -> None:
     """One metadata request, no retries: a dead network fails here in seconds instead of at load time."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         get_hf_file_metadata(hf_hub_url(name, marker, revision=revision), timeout=_PROBE_TIMEOUT_S)
