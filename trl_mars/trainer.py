@@ -48,6 +48,7 @@ from .data import (
     truncate_keep_end,
     validate_preference_dataset,
 )
+from .preflight import as_model_id, prepare_start
 from .rounds import RoundResult, read_jsonl, run_round, write_json, write_jsonl
 from .scoring import score_margins
 
@@ -89,6 +90,7 @@ class MarsRewardTrainer(RewardTrainer):
         embedder=None,
         refiner=None,
     ):
+        model = as_model_id(model)  # a pathlib.Path or the packaged MiniLM alias -> a loadable str
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = MarsRewardConfig(f"{model_name.split('/')[-1]}-MARS")
@@ -116,6 +118,9 @@ class MarsRewardTrainer(RewardTrainer):
             if args.process_index == 0:
                 # Back-ends are built (and endpoints checked) now: a missing key fails before the model loads.
                 self._mars_backends(args)
+        # Every rank: models and endpoints checked before any load; CPU/PEFT/console start-up adjustments.
+        peft_config = prepare_start(model, args, peft_config, paraphraser=paraphraser, embedder=embedder,
+                                    refiner=refiner)
 
         super().__init__(
             model=model,
