@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MarsRewardConfig": "trl_mars.config",
     "MarsRewardTrainer": "trl_mars.trainer",
+    "MarsAugmentationCallback": "trl_mars.callback",
     "AugmentationCache": "trl_mars.augment.cache",
     "allocate": "trl_mars.allocation",
 }
