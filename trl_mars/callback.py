@@ -94,6 +94,7 @@ class MarsAugmentationCallback(TrainerCallback):
         self._epochs_begun: list[int] = []
         self._epochs_run: dict[int, int] = {}
         self._epoch_start: float | None = None
+        self._checked_epoch: int | None = None
 
     # ----------------------------------------------------------------- set-up
 
@@ -160,7 +161,7 @@ class MarsAugmentationCallback(TrainerCallback):
     # ---------------------------------------------------------- callback events
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._epochs_begun, self._epochs_run = [], {}
+        self._epochs_begun, self._epochs_run, self._checked_epoch = [], {}, None
         if self.enabled and state.global_step > 0:
             self._expected_resume = self.schedule.position(state.global_step, self.added)
         if state.global_step == 0 and not args.eval_on_start:
@@ -178,7 +179,9 @@ class MarsAugmentationCallback(TrainerCallback):
         self._epoch_start = time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.enabled and self._epochs_begun and self._epochs_begun[-1] not in self._epochs_run:
+        """Checks the plan at the first step of each epoch, before any optimizer step is spent on wrong data."""
+        if self.enabled and self._epochs_begun and self._epochs_begun[-1] != self._checked_epoch:
+            self._checked_epoch = self._epochs_begun[-1]
             self.check_plan(state)
 
     def on_epoch_end(self, args, state, control, **kwargs):
