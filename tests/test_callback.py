@@ -93,3 +93,25 @@ def test_short_round_replans_lr_eval_once_per_epoch_and_quiet_console(tmp_path, 
     assert "'mars/" not in text  # raw figures go to loggers, not the console
     logged = [entry for entry in trainer.state.log_history if "mars/round" in entry]
     assert [entry["mars/round"] for entry in logged] == [1, 2]
+
+
+def test_round_plan_guard_fires_when_resume_bypasses_init_training_state(tmp_path, minilm_path, tiny_dataset):
+    """Epochs of 8, 12, 16 steps: Trainer alone would resume step 20 at epoch 3 with 4 batches skipped."""
+    from transformers import TrainerCallback
+
+    class StopAt20(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 20
+
+    args = dict(num_train_epochs=3, mars_strategy="mars_nosem", save_strategy="steps", save_steps=20)
+    first = MarsRewardTrainer(minilm_path, args=mars_args(tmp_path / "first", **args), train_dataset=tiny_dataset,
+                              callbacks=[StopAt20()])
+    first.train()
+    checkpoint = tmp_path / "first" / "checkpoint-20"
+    assert first.state.global_step == 20 and checkpoint.is_dir()
+
+    bypass = type("Bypassed", (MarsRewardTrainer,), {"_init_training_state": Trainer._init_training_state})
+    resumed = bypass(minilm_path, args=mars_args(tmp_path / "resumed", **args), train_dataset=tiny_dataset)
+    with pytest.raises(RoundPlanError, match="_init_training_state"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 20  # caught before a step ran on the wrong batches
