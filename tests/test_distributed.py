@@ -1,4 +1,5 @@
-"""A real two-process launch (`accelerate launch`, gloo on CPU): sharded scoring is identical on every rank."""
+"""A real two-process launch (`accelerate launch`, gloo on CPU): sharded scoring and sharded generation give every
+rank the same rows as one process."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mars_args, tiny_rows
-from datasets import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,28 +39,18 @@ def test_two_process_round_matches_single_process(tmp_path, minilm_path):
     assert ranks[0]["margins"] == ranks[1]["margins"]  # bit-identical on every rank
     assert ranks[0]["train_pairs"] == ranks[1]["train_pairs"] == 32
     assert ranks[0]["global_step"] == ranks[1]["global_step"] == 4  # 32 pairs / (4 per device * 2 ranks)
-    synthetic = (tmp_path / "two" / "mars" / "round_1" / "synthetic.jsonl").read_text().splitlines()
-    assert len(synthetic) == 16
+    assert ranks[0]["train_digest"] == ranks[1]["train_digest"]  # every rank trains on the same rows
+    assert ranks[0]["texts_paraphrased"] > 0 and ranks[1]["texts_paraphrased"] > 0  # generation is sharded
 
-    # The same round in one process: the same margins (up to float noise from different batch padding).
-    from trl_mars.trainer import MarsRewardTrainer
-    import trl_mars.trainer as trainer_module
+    # The same round in one process: the same synthetic rows, in the same order, and each text generated once.
+    sys.path.insert(0, str(ROOT / "tests" / "scripts"))
+    from two_rank_round import main
 
-    captured = {}
-    original = trainer_module.score_margins
-
-    def recording(*args, **kwargs):
-        margins, chosen = original(*args, **kwargs)
-        if kwargs.get("desc", "").startswith("MARS round"):
-            captured.setdefault("margins", margins)
-        return margins, chosen
-
-    trainer_module.score_margins = recording
-    try:
-        single = MarsRewardTrainer(minilm_path, args=mars_args(tmp_path / "one", num_train_epochs=1,
-                                                               mars_strategy="mars_nosem"),
-                                   train_dataset=Dataset.from_list(tiny_rows(16)))
-        single.train()
-    finally:
-        trainer_module.score_margins = original
-    np.testing.assert_allclose(captured["margins"], ranks[0]["margins"], rtol=1e-4, atol=1e-5)
+    main(minilm_path, str(tmp_path / "one"), distributed=False)
+    single = json.loads((tmp_path / "one" / "rank_0.json").read_text())
+    two_rows = (tmp_path / "two" / "mars" / "round_1" / "synthetic.jsonl").read_text()
+    one_rows = (tmp_path / "one" / "mars" / "round_1" / "synthetic.jsonl").read_text()
+    assert len(two_rows.splitlines()) == 16 and two_rows == one_rows
+    assert single["train_digest"] == ranks[0]["train_digest"]
+    assert ranks[0]["texts_paraphrased"] + ranks[1]["texts_paraphrased"] == single["texts_paraphrased"]
+    np.testing.assert_allclose(single["margins"], ranks[0]["margins"], rtol=1e-4, atol=1e-5)

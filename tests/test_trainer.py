@@ -130,7 +130,10 @@ def test_resume_lands_in_the_right_round(tmp_path, minilm_path, tiny_dataset):
         b = read_jsonl(tmp_path / "resumed" / "mars" / f"round_{round_index}" / "allocation.jsonl")
         np.testing.assert_allclose([r["margin"] for r in a], [r["margin"] for r in b], rtol=1e-4, atol=1e-5)
         assert [r["budget"] for r in a] == [r["budget"] for r in b]
-    assert len(resumed.train_dataset) == len(full.train_dataset) == 16 * 4
+    # Round 3 may come out a pair short: a tuple whose few variants were all used in rounds 1-2 is not repeated.
+    added = sum(entry["num_synthetic"] for entry in full.mars_callback.completed)
+    assert 16 * 4 - 2 <= 16 + added <= 16 * 4
+    assert len(resumed.train_dataset) == len(full.train_dataset) == 16 + added
 
 
 def test_long_examples_are_truncated_not_dropped(tmp_path, minilm_path):

@@ -12,6 +12,7 @@ _EXPORTS = {
     "MarsRewardConfig": "trl_mars.config",
     "MarsRewardTrainer": "trl_mars.trainer",
     "MarsRewardFunction": "trl_mars.rewards",
+    "MarsAugmentationCallback": "trl_mars.callback",
     "AugmentationCache": "trl_mars.augment.cache",
     "allocate": "trl_mars.allocation",
 }

@@ -1,7 +1,24 @@
-"""One MARS augmentation round, from margins to synthetic rows (DESIGN.md 1, steps 2-6).
+"""One MARS augmentation round, from margins to synthetic rows (DESIGN.md 1, steps 2-6), read top to bottom.
 
-Kept apart from the trainer so it can be read, tested and reused without a `Trainer`: the trainer scores the
-margins and feeds the rows back into training; this module decides what the rows are.
+`run_round(RoundInputs)` is the whole round; each stage is a named block timed into `inputs.timings`:
+
+    allocate  (steps 2-3)  margins -> q_i -> integer budgets b_i, split n_i+ / n_i-
+    refine    (step 5)     low-distance tuples with budget: rewrite once per run, keep only improving rewrites
+    generate  (step 6)     n_i+ chosen and n_i- rejected paraphrases (and prompts, when asked), top-ups
+    sample    (step 6)     b_i new pairs per tuple from its candidate pool, budget moved where a pool is too small
+
+Scoring the margins (step 1) and growing the dataset (step 7) need the model and the training set, so the caller
+(`MarsAugmentationCallback`) does them; semantic labels (step 4) are computed once per run and passed in.
+
+Choices of ours beyond the paper, each named where it happens:
+- a round never adds a pair already in the training data: `used_pairs` holds, per tuple, every (chosen, rejected)
+  response pair already trained on (the original and earlier rounds' pairs), and sampling draws only from the rest
+  of the pool (asking the back-end for more variants when too little is left);
+- an accepted refinement adds the refined pair itself (operation "refined"): the pool's (0, 0) is that pair;
+- budget a tuple cannot fill moves to tuples with spare candidates, highest q first, and the evidence says where
+  (`budget_moved_out` / `budget_moved_in`);
+- text generation goes through `inputs.generate_map`, which the trainer shards across ranks; every distinct
+  (text, n) request is generated once.
 """
 
 from __future__ import annotations
@@ -11,11 +28,9 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,10 +39,54 @@ from .allocation import Allocation, allocate, allocation_entropy, margin_statist
 from .augment.base import Paraphraser, RefinementRequest, RefinementResult, Refiner
 from .augment.pool import operation_for, pool_size, sample_pairs
 from .data import prompt_text, response_text, with_response_text
+from .evidence import read_jsonl, write_json, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 logger = logging.getLogger("trl_mars")
 # How many paraphrased prompt variants a tuple gets at most when `mars_paraphrase_prompts` is on.
 PROMPT_VARIANTS = 2
+
+GenerateMap = Callable[[Callable[[list], list], list], list]
+
+
+def run_here(fn: Callable[[list], list], items: list) -> list:
+    """The single-process `generate_map`: run `fn` on all items here."""
+    return fn(items) if items else []
+
+
+def pair_key(chosen: str, rejected: str) -> str:
+    """Identity of a (chosen, rejected) response pair in `used_pairs` (response texts; prompts are not compared)."""
+    return json.dumps([chosen, rejected], ensure_ascii=False)
+
+
+@dataclass
+class RoundInputs:
+    """Everything one round reads (and the two pieces of run state it updates: `refinements`, `used_pairs`).
+
+    `originals` are explicit-prompt rows (prompt/chosen/rejected, text or chat messages), `margins` the current
+    model's r(x, y+) - r(x, y-) on them. `distances`/`labels` are the semantic step's output (None unless the
+    strategy uses them). `refinements` maps tuple index -> its refinement (a tuple is refined at most once per run;
+    later rounds paraphrase the kept rewrite). `used_pairs` maps tuple index -> `pair_key`s already trained on;
+    tuples missing from it start with their original pair.
+    """
+
+    round_index: int
+    originals: Sequence[dict[str, Any]]
+    margins: np.ndarray
+    paraphraser: Paraphraser
+    strategy: str = "mars"
+    tau: float = 0.5
+    margin_mode: str = "signed"
+    budget_ratio: float = 5.0
+    rounding: str = "largest_remainder"
+    seed: int = 0
+    paraphrase_prompts: bool = False
+    distances: np.ndarray | None = None
+    labels: Sequence[str] | None = None
+    refiner: Refiner | None = None
+    refinements: dict[int, RefinementResult] = field(default_factory=dict)
+    used_pairs: dict[int, set[str]] = field(default_factory=dict)
+    generate_map: GenerateMap = run_here
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,9 +101,34 @@ class RoundResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Tuple:
+    """The variants of one augmented tuple; index 0 of each list is the base (original or refined) text."""
+
+    chosen: list[str]
+    rejected: list[str]
+    prompts: list[Any]
+    granted: int
+    refined_pair: bool = False  # the accepted rewrite is itself a new pair
+
+    def excluded(self, used: set[str]) -> set[tuple[int, int]]:
+        """Pool cells (c, r) whose response pair was already trained on ((0, 0) is never in the pool)."""
+        c_at = {text: c for c, text in enumerate(self.chosen)}
+        r_at = {text: r for r, text in enumerate(self.rejected)}
+        cells = set()
+        for key in used:
+            chosen, rejected = json.loads(key)
+            if chosen in c_at and rejected in r_at and (c_at[chosen], r_at[rejected]) != (0, 0):
+                cells.add((c_at[chosen], r_at[rejected]))
+        return cells
+
+    def capacity(self, used: set[str]) -> int:
+        return (pool_size(len(self.chosen) - 1, len(self.rejected) - 1) - len(self.excluded(used))
+                + int(self.refined_pair))
+
+
 @contextmanager
 def _timed(timings: dict[str, float], stage: str):
-    """Adds the wall time of the block to `timings[stage]`."""
     start = time.perf_counter()
     try:
         yield
@@ -52,73 +136,33 @@ def _timed(timings: dict[str, float], stage: str):
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _paraphrase_grouped(paraphraser: Paraphraser, requests: Sequence[tuple[str, int]]) -> list[list[str]]:
-    """Paraphrases (text, n) requests, one back-end call per distinct n (the protocol takes a single n)."""
-    by_n: dict[int, list[int]] = defaultdict(list)
-    for position, (_, n) in enumerate(requests):
-        if n > 0:
-            by_n[n].append(position)
-    out: list[list[str]] = [[] for _ in requests]
-    for n in sorted(by_n):
-        positions = by_n[n]
-        variants = paraphraser.paraphrase([requests[p][0] for p in positions], n)
-        for position, texts in zip(positions, variants):
-            out[position] = list(texts)[:n]
-    return out
-
-
-def run_round(
-    *,
-    round_index: int,
-    originals: Sequence[dict[str, Any]],
-    margins: np.ndarray,
-    strategy: str,
-    tau: float,
-    margin_mode: str,
-    budget_ratio: float,
-    rounding: str,
-    seed: int,
-    paraphraser: Paraphraser,
-    paraphrase_prompts: bool = False,
-    distances: np.ndarray | None = None,
-    labels: Sequence[str] | None = None,
-    refiner: Refiner | None = None,
-    refinements: dict[int, RefinementResult] | None = None,
-    timings: dict[str, float] | None = None,
-) -> RoundResult:
-    """Runs steps 2-6 for one round.
-
-    `originals` are explicit-prompt rows (prompt/chosen/rejected, text or chat messages). `refinements` carries
-    rewrites across rounds: a tuple is refined at most once per run (the cache makes a re-run free anyway), and
-    later rounds paraphrase the kept rewrite. Budgets that a tuple's candidate pool cannot fill (a back-end
-    returned fewer variants than asked) are moved to tuples with spare candidates, highest q first, so a round
-    adds exactly B pairs whenever the pools allow it.
-    """
-    timings = {} if timings is None else timings
-    stage = partial(_timed, timings)
-    refinements = {} if refinements is None else refinements
+def run_round(inputs: RoundInputs) -> RoundResult:
+    """Runs steps 2-6 of round `inputs.round_index` and returns its rows and evidence."""
+    originals, refinements, timings = inputs.originals, inputs.refinements, inputs.timings
     n = len(originals)
-    budget = total_budget(n, budget_ratio)
+    budget = total_budget(n, inputs.budget_ratio)
+    used = {i: inputs.used_pairs.setdefault(i, set()) for i in range(n)}
+    for i in range(n):  # the original pair is always in the training data
+        used[i].add(pair_key(response_text(originals[i]["chosen"]), response_text(originals[i]["rejected"])))
 
-    with stage("allocate"):
-        rng = np.random.default_rng([seed, round_index])
-        allocation = allocate(margins, total=budget, tau=tau, mode=margin_mode, strategy=strategy,
-                              method=rounding, rng=rng)
+    # allocate (steps 2-3): q_i from the margins, b_i = B q_i as integers summing to B, n_i+ = floor(b_i / 2).
+    with _timed(timings, "allocate"):
+        allocation = allocate(inputs.margins, total=budget, tau=inputs.tau, mode=inputs.margin_mode,
+                              strategy=inputs.strategy, method=inputs.rounding,
+                              rng=np.random.default_rng([inputs.seed, inputs.round_index]))
     budgets = allocation.budgets
+    active = [i for i in range(n) if budgets[i] > 0]
 
-    # Step 5: rewrite low-distance pairs that get budget (strategy "mars" with a refiner only).
-    with stage("refine"):
-        if refiner is not None and labels is not None and distances is not None:
-            pending = [i for i in range(n) if budgets[i] > 0 and labels[i] == "low" and i not in refinements]
-            if pending:
-                requests = [
-                    RefinementRequest(index=i, prompt=prompt_text(originals[i]["prompt"]),
-                                      chosen=response_text(originals[i]["chosen"]),
-                                      rejected=response_text(originals[i]["rejected"]), distance=float(distances[i]))
-                    for i in pending
-                ]
-                for result in refiner.refine(requests):
-                    refinements[result.index] = result
+    # refine (step 5): low-distance tuples that get budget, each once per run.
+    with _timed(timings, "refine"):
+        if inputs.refiner is not None and inputs.labels is not None and inputs.distances is not None:
+            pending = [RefinementRequest(index=i, prompt=prompt_text(originals[i]["prompt"]),
+                                         chosen=response_text(originals[i]["chosen"]),
+                                         rejected=response_text(originals[i]["rejected"]),
+                                         distance=float(inputs.distances[i]))
+                       for i in active if inputs.labels[i] == "low" and i not in refinements]
+            for result in inputs.generate_map(inputs.refiner.refine, pending):
+                refinements[result.index] = result
 
     def base_text(i: int, side: str) -> str:
         result = refinements.get(i)
@@ -126,65 +170,41 @@ def run_round(
             return result.chosen if side == "chosen" else result.rejected
         return response_text(originals[i][side])
 
-    # Step 6: paraphrase n+ chosen and n- rejected variants per tuple (and prompts, when asked).
-    active = [i for i in range(n) if budgets[i] > 0]
-    with stage("paraphrase"):
+    # generate (step 6): n_i+ chosen and n_i- rejected paraphrases per tuple, prompts when asked.
+    with _timed(timings, "paraphrase"):
         requests: list[tuple[str, int]] = []
         for i in active:
             requests.append((base_text(i, "chosen"), int(allocation.n_chosen[i])))
             requests.append((base_text(i, "rejected"), int(allocation.n_rejected[i])))
-            if paraphrase_prompts:
-                requests.append((response_text(originals[i]["prompt"]) if originals[i]["prompt"] else "",
-                                 min(PROMPT_VARIANTS, int(budgets[i])) if originals[i]["prompt"] else 0))
-        variants = _paraphrase_grouped(paraphraser, requests)
-
-    with stage("sample"):
-        per_request = 3 if paraphrase_prompts else 2
-        chosen_variants: dict[int, list[str]] = {}
-        rejected_variants: dict[int, list[str]] = {}
-        prompt_variants: dict[int, list[Any]] = {}
+            if inputs.paraphrase_prompts:
+                prompt = originals[i]["prompt"]
+                requests.append((response_text(prompt) if prompt else "",
+                                 min(PROMPT_VARIANTS, int(budgets[i])) if prompt else 0))
+        variants = _paraphrase(inputs, requests)
+        per_tuple = 3 if inputs.paraphrase_prompts else 2
+        tuples: dict[int, _Tuple] = {}
         for position, i in enumerate(active):
-            block = variants[position * per_request : (position + 1) * per_request]
-            chosen_variants[i] = [base_text(i, "chosen"), *block[0]]
-            rejected_variants[i] = [base_text(i, "rejected"), *block[1]]
-            prompt_variants[i] = [originals[i]["prompt"]] + (
-                [with_response_text(originals[i]["prompt"], text) for text in block[2]] if paraphrase_prompts else [])
-        granted = {i: int(budgets[i]) for i in active}
-        _top_up(paraphraser, active, granted, chosen_variants, rejected_variants)
-        capacity = {i: pool_size(len(chosen_variants[i]) - 1, len(rejected_variants[i]) - 1) for i in active}
-        deficit = sum(max(0, granted[i] - capacity[i]) for i in active)
-        for i in active:
-            granted[i] = min(granted[i], capacity[i])
-        if deficit:
-            logger.warning("Round %d: the back-end returned too few variants for %d pairs; moving them to tuples "
-                           "with spare candidates.", round_index, deficit)
-            for i in sorted(active, key=lambda i: (-allocation.probs[i], i)):
-                extra = min(deficit, capacity[i] - granted[i])
-                granted[i] += extra
-                deficit -= extra
-                if not deficit:
-                    break
+            block = variants[position * per_tuple : (position + 1) * per_tuple]
+            refined = refinements.get(i)
+            refined_pair = (refined is not None and refined.accepted
+                            and pair_key(base_text(i, "chosen"), base_text(i, "rejected")) not in used[i])
+            tuples[i] = _Tuple(
+                chosen=_distinct([base_text(i, "chosen"), *block[0]]),
+                rejected=_distinct([base_text(i, "rejected"), *block[1]]),
+                prompts=[originals[i]["prompt"]] + ([with_response_text(originals[i]["prompt"], text)
+                                                     for text in block[2]] if inputs.paraphrase_prompts else []),
+                granted=int(budgets[i]), refined_pair=refined_pair)
+        _top_up(inputs, tuples, used)
 
+    # sample (step 6): b_i pairs per tuple that the training data does not hold yet; move what cannot be filled.
+    with _timed(timings, "sample"):
+        moved_out, moved_in = _move_budget(inputs.round_index, allocation, tuples, used)
         rows: list[dict[str, Any]] = []
-        for i in active:
-            pair_rng = np.random.default_rng([seed, round_index, i])
-            for c, r in sample_pairs(len(chosen_variants[i]) - 1, len(rejected_variants[i]) - 1, granted[i], pair_rng):
-                operation = operation_for(c, r)
-                prompt_index = int(pair_rng.integers(len(prompt_variants[i])))
-                if prompt_index:
-                    operation += "+prompt"
-                result = refinements.get(i)
-                if result is not None and result.accepted:
-                    operation = f"refine_{result.rewritten}+{operation}"
-                rows.append({
-                    "prompt": prompt_variants[i][prompt_index],
-                    "chosen": with_response_text(originals[i]["chosen"], chosen_variants[i][c]),
-                    "rejected": with_response_text(originals[i]["rejected"], rejected_variants[i][r]),
-                    "source_index": i,
-                    "round": round_index,
-                    "operation": operation,
-                    "backend": paraphraser.name,
-                })
+        for i, item in tuples.items():
+            rng = np.random.default_rng([inputs.seed, inputs.round_index, i])
+            rows.extend(_sample_tuple(inputs, i, item, used[i], rng))
+        for row in rows:
+            used[row["source_index"]].add(pair_key(response_text(row["chosen"]), response_text(row["rejected"])))
 
     added = defaultdict(int)
     for row in rows:
@@ -199,13 +219,15 @@ def run_round(
             "budget": int(budgets[i]),
             "n_chosen": int(allocation.n_chosen[i]),
             "n_rejected": int(allocation.n_rejected[i]),
+            "budget_moved_out": moved_out.get(i, 0),
+            "budget_moved_in": moved_in.get(i, 0),
             "pairs_added": int(added[i]),
-            "semantic_distance": None if distances is None else float(distances[i]),
-            "semantic_label": None if labels is None else labels[i],
+            "semantic_distance": None if inputs.distances is None else float(inputs.distances[i]),
+            "semantic_label": None if inputs.labels is None else inputs.labels[i],
             "refined": None if result is None else bool(result.accepted),
         })
     summary = {
-        "round": round_index,
+        "round": inputs.round_index,
         "num_original_pairs": n,
         "margin": margin_statistics(allocation.margins),
         "allocation_entropy": allocation_entropy(allocation.probs),
@@ -213,40 +235,123 @@ def run_round(
         "budget": budget,
         "synthetic_pairs_added": len(rows),
         "pairs_short_of_budget": budget - len(rows),
+        "budget_moved": sum(moved_out.values()),
+        "tuples_short_of_budget": len(moved_out),
+        "tuples_given_moved_budget": len(moved_in),
         "tuples_augmented": len(active),
         "operations": dict(sorted(_count(row["operation"] for row in rows).items())),
     }
-    return RoundResult(round=round_index, allocation=allocation, allocation_rows=allocation_rows,
+    return RoundResult(round=inputs.round_index, allocation=allocation, allocation_rows=allocation_rows,
                        synthetic_rows=rows, summary=summary, timings=timings)
 
 
-def _top_up(paraphraser: Paraphraser, active: Sequence[int], granted: dict[int, int],
-            chosen_variants: dict[int, list[str]], rejected_variants: dict[int, list[str]]) -> None:
-    """Asks for more variants of the side that has them when the other side came back short.
+def _distinct(texts: list[str]) -> list[str]:
+    """Drops repeated texts (a paraphrase equal to the base or to another variant would duplicate pairs)."""
+    seen: set[str] = set()
+    return [t for t in texts if not (t in seen or seen.add(t))]
 
-    A tuple whose rejected text has no paraphrase (a very short answer, say) has a pool of only n+ candidates. Asking
-    for n+ + d chosen variants (d = the deficit) refills it, so the budget stays where the allocation put it. Variants
-    are added in place; what still cannot be filled is redistributed by the caller.
+
+def _paraphrase(inputs: RoundInputs, requests: Sequence[tuple[str, int]]) -> list[list[str]]:
+    """Paraphrases (text, n) requests; each distinct request is generated once, sharded by `generate_map`."""
+    unique = sorted({(text, n) for text, n in requests if n > 0}, key=lambda r: (r[1], r[0]))
+
+    def generate(shard: list[tuple[str, int]]) -> list[list[str]]:
+        by_n: dict[int, list[int]] = defaultdict(list)
+        for position, (_, n) in enumerate(shard):
+            by_n[n].append(position)
+        out: list[list[str]] = [[] for _ in shard]
+        for n, positions in sorted(by_n.items()):  # the protocol takes one n per call
+            for position, texts in zip(positions, inputs.paraphraser.paraphrase([shard[p][0] for p in positions], n)):
+                out[position] = list(texts)[:n]
+        return out
+
+    answers = dict(zip(unique, inputs.generate_map(generate, unique)))
+    return [answers.get((text, n), []) if n > 0 else [] for text, n in requests]
+
+
+def _top_up(inputs: RoundInputs, tuples: dict[int, _Tuple], used: dict[int, set[str]]) -> None:
+    """Asks for more variants of a tuple whose pool (minus pairs already trained on) cannot fill its budget.
+
+    More variants are asked of the side that has more (a very short answer may have no paraphrase at all); each
+    extra variant on one side adds (other side's variants + 1) candidates. What still cannot be filled is moved.
     """
-    requests: list[tuple[str, int]] = []
-    targets: list[tuple[int, str]] = []
-    for i in active:
-        have_c, have_r = len(chosen_variants[i]) - 1, len(rejected_variants[i]) - 1
-        deficit = granted[i] - pool_size(have_c, have_r)
+    requests, targets = [], []
+    for i, item in tuples.items():
+        deficit = item.granted - item.capacity(used[i])
         if deficit <= 0:
             continue
+        have_c, have_r = len(item.chosen) - 1, len(item.rejected) - 1
         side, have, other = ("chosen", have_c, have_r) if have_c >= have_r else ("rejected", have_r, have_c)
-        # Each extra variant on `side` adds (other + 1) candidates.
-        extra = math.ceil(deficit / (other + 1))
-        variants = chosen_variants if side == "chosen" else rejected_variants
-        requests.append((variants[i][0], have + extra))
+        requests.append((getattr(item, side)[0], have + math.ceil(deficit / (other + 1))))
         targets.append((i, side))
-    if not requests:
-        return
-    for (i, side), texts in zip(targets, _paraphrase_grouped(paraphraser, requests)):
-        variants = chosen_variants if side == "chosen" else rejected_variants
-        seen = set(variants[i])
-        variants[i].extend(text for text in texts if text not in seen and not seen.add(text))
+    for (i, side), texts in zip(targets, _paraphrase(inputs, requests)):
+        variants = getattr(tuples[i], side)
+        variants[:] = _distinct([*variants, *texts])
+
+
+def _move_budget(round_index: int, allocation: Allocation, tuples: dict[int, _Tuple],
+                 used: dict[int, set[str]]) -> tuple[dict[int, int], dict[int, int]]:
+    """Caps each tuple at its capacity and gives the excess to tuples with spare candidates, highest q first."""
+    moved_out: dict[int, int] = {}
+    moved_in: dict[int, int] = {}
+    capacity = {i: item.capacity(used[i]) for i, item in tuples.items()}
+    for i, item in tuples.items():
+        if item.granted > capacity[i]:
+            moved_out[i] = item.granted - capacity[i]
+            item.granted = capacity[i]
+    deficit = sum(moved_out.values())
+    if deficit:
+        logger.warning("Round %d: %d pairs could not be drawn from their tuples' pools (too few new variants); "
+                       "moving them to tuples with spare candidates.", round_index, deficit)
+        for i in sorted(tuples, key=lambda i: (-allocation.probs[i], i)):
+            extra = min(deficit, capacity[i] - tuples[i].granted)
+            if extra > 0:
+                tuples[i].granted += extra
+                moved_in[i] = extra
+                deficit -= extra
+            if not deficit:
+                break
+    return moved_out, moved_in
+
+
+def _sample_tuple(inputs: RoundInputs, i: int, item: _Tuple, used: set[str], rng: np.random.Generator):
+    """Rows for tuple i: the refined pair first (when new), then pool cells never trained on, seeded."""
+    original = inputs.originals[i]
+    refined = inputs.refinements.get(i)
+    prefix = f"refine_{refined.rewritten}+" if refined is not None and refined.accepted else ""
+    cells: list[tuple[int, int] | None] = []
+    want = item.granted
+    if item.refined_pair and want > 0:
+        cells.append(None)  # the refined pair itself, (0, 0) after the rewrite
+        want -= 1
+    excluded = item.excluded(used)
+    num_c, num_r = len(item.chosen) - 1, len(item.rejected) - 1
+    drawn = [cell for cell in sample_pairs(num_c, num_r, min(want + len(excluded), pool_size(num_c, num_r)), rng)
+             if cell not in excluded]
+    if len(drawn) > want:  # a uniform subset of a uniform sample is uniform
+        drawn = [drawn[k] for k in sorted(rng.choice(len(drawn), size=want, replace=False))]
+    cells.extend(drawn)
+    rows = []
+    for cell in cells:
+        if cell is None:
+            c = r = 0
+            operation = "refined"
+        else:
+            c, r = cell
+            operation = prefix + operation_for(c, r)
+        prompt_index = int(rng.integers(len(item.prompts)))
+        if prompt_index:
+            operation += "+prompt"
+        rows.append({
+            "prompt": item.prompts[prompt_index],
+            "chosen": with_response_text(original["chosen"], item.chosen[c]),
+            "rejected": with_response_text(original["rejected"], item.rejected[r]),
+            "source_index": i,
+            "round": inputs.round_index,
+            "operation": operation,
+            "backend": inputs.paraphraser.name,
+        })
+    return rows
 
 
 def _count(items) -> dict[str, int]:
@@ -254,34 +359,3 @@ def _count(items) -> dict[str, int]:
     for item in items:
         counts[item] += 1
     return counts
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Writes atomically (temp file + rename) so a crash never leaves a half-written evidence file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _json_default(value: Any):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-

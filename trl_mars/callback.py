@@ -1,0 +1,547 @@
+"""`MarsAugmentationCallback`: decides when a MARS round runs and runs it (score -> allocate -> refine -> generate
+-> sample -> grow), for `MarsRewardTrainer` (installed by default) or any `trl.RewardTrainer` subclass:
+
+    trainer = MyRewardTrainer(model, args=MarsRewardConfig(...), train_dataset=pairs)
+    MarsAugmentationCallback().attach(trainer)
+    trainer.train()
+
+A round runs in `on_epoch_begin` (round t opens epoch `mars_warmup_epochs + t - 1`), so it scores margins with
+r^{t-1}, the model after the previous epochs, and epoch t trains on D^t, as in the paper's Algorithm 1. Moving the
+epoch onto the grown dataset needs Trainer internals no callback event reaches: `attach` mixes the small adapter of
+`trl_mars.loop` into the trainer's class, and this callback checks at every epoch and after `train()` that the
+rounds that ran, the epoch sizes and the step count match the plan, so a transformers release that stops calling
+the adapter fails loudly instead of training without augmentation.
+
+Extension points for other strategies (subclass and override):
+- `augment(inputs: RoundInputs) -> RoundResult`: the round's rows from the margins (default `rounds.run_round`);
+  West-of-N would generate and score candidates here, AdaBoost would return no rows;
+- `after_scoring(round_index, margins)`: sees every round's margins on the original tuples before allocation
+  (AdaBoost's per-example weights w_i ~ exp(-beta Delta_i) would be computed here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accelerate.utils import broadcast_object_list, gather_object
+from datasets import Dataset, concatenate_datasets
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
+
+from . import heldout
+from .augment.base import RefinementResult
+from .config import MarsRewardConfig
+from .data import column_values, response_text, tokenize_pair, truncate_keep_end
+from .evidence import Evidence, eval_line, read_jsonl, round_figures, round_line, write_json
+from .loop import GrowingDatasetLoop, with_growing_dataset
+from .rounds import RoundInputs, RoundResult, pair_key, run_round
+from .schedule import RoundSchedule, round_epochs
+from .scoring import score_margins
+
+logger = logging.getLogger("trl_mars")
+MARS_STATE_FILE = "mars_state.json"
+
+
+class RoundPlanError(RuntimeError):
+    """The rounds, epoch sizes or step count of a run differ from its plan (see `trl_mars.loop`)."""
+
+
+class MarsAugmentationCallback(TrainerCallback):
+    """Runs MARS rounds inside `Trainer.train()`.
+
+    Args:
+        args: the MARS settings; defaults to the trainer's `args` (which must then be a `MarsRewardConfig`).
+        paraphraser, embedder, refiner: back-ends to use instead of building them from `args`.
+        originals: explicit-prompt rows (prompt/chosen/rejected) aligned with the trainer's prepared train set;
+            by default read from its text columns (TRL's appended EOS stripped).
+        tokenize_rows: turns synthetic rows into a dataset with the train set's columns; by default the trainer's
+            own `_prepare_dataset`, so synthetic pairs are tokenised exactly like the originals.
+
+    After `attach(trainer)`: `schedule` (the plan), `completed` (rounds done: round, epoch, num_synthetic),
+    `evidence` (summary and files under `<output_dir>/mars/`).
+    """
+
+    def __init__(self, args: MarsRewardConfig | None = None, *, paraphraser=None, embedder=None, refiner=None,
+                 originals: Sequence[dict[str, Any]] | None = None,
+                 tokenize_rows: Callable[[list[dict[str, Any]]], Dataset] | None = None):
+        self.args = args
+        self.paraphraser, self.embedder, self.refiner = paraphraser, embedder, refiner
+        self.cache = None
+        self.originals = list(originals) if originals is not None else None
+        self.tokenize_rows = tokenize_rows
+        self.trainer: Trainer | None = None
+        self.schedule: RoundSchedule | None = None
+        self.completed: list[dict[str, Any]] = []
+        self.refinements: dict[int, RefinementResult] = {}
+        self.used_pairs: dict[int, set[str]] = {}
+        self.semantic: tuple[np.ndarray, list[str]] | None = None
+        self.evidence: Evidence | None = None
+        # loop state, read and written by `trl_mars.loop.GrowingDatasetLoop`
+        self.dataset_version = 0
+        self.loader = None
+        self.loader_version = 0
+        self.planned_max_steps: int | None = None
+        self.resume_position: tuple[int, int] | None = None
+        self._expected_resume: tuple[int, int] | None = None
+        self._epochs_begun: list[int] = []
+        self._epochs_run: dict[int, int] = {}
+        self._epoch_start: float | None = None
+        self._checked_epoch: int | None = None
+
+    # ----------------------------------------------------------------- set-up
+
+    @property
+    def enabled(self) -> bool:
+        return self.args is not None and self.args.mars_enabled
+
+    @property
+    def added(self) -> dict[int, int]:
+        """Round number -> synthetic pairs it really added (rounds done so far)."""
+        return {entry["round"]: entry["num_synthetic"] for entry in self.completed}
+
+    def attach(self, trainer: Trainer) -> MarsAugmentationCallback:
+        """Binds to `trainer`: adds this callback, mixes in the loop adapter, quiets raw `mars/*` console dicts."""
+        self.trainer = trainer
+        self.args = self.args or trainer.args
+        if not isinstance(self.args, MarsRewardConfig):
+            raise TypeError(f"MarsAugmentationCallback needs a MarsRewardConfig (got {type(self.args).__name__}): "
+                            "pass `args=MarsRewardConfig(...)` to the trainer or to the callback.")
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        if not isinstance(trainer, GrowingDatasetLoop):
+            trainer.__class__ = with_growing_dataset(type(trainer))
+        trainer._mars_callback = self
+        _quiet_console_printers(trainer)
+        self.base_train = trainer.train_dataset
+        self.evidence = Evidence(Path(self.args.output_dir) / "mars")
+        if not self.enabled:
+            return self
+        if self.originals is None:
+            self.originals = _originals_from(self.base_train, trainer.processing_class)
+        if len(self.originals) != len(self.base_train):
+            raise ValueError(f"{len(self.originals)} original rows for {len(self.base_train)} training pairs: "
+                             "`originals` must be aligned with the prepared train dataset.")
+        args = self.args
+        world = max(1, args.world_size)
+        self.schedule = RoundSchedule(
+            base_size=len(self.base_train), num_train_epochs=args.num_train_epochs,
+            round_epochs=tuple(round_epochs(args.num_train_epochs, args.mars_warmup_epochs, args.mars_rounds)),
+            budget=_budget(len(self.originals), args.mars_budget_ratio),
+            pairs_per_batch=trainer._train_batch_size * world,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, drop_last=args.dataloader_drop_last)
+        if trainer.is_world_process_zero():
+            logger.info("MARS: strategy=%s, %d original pairs, %d rounds at epochs %s, budget %d synthetic pairs "
+                        "per round.", args.mars_strategy, len(self.originals), self.schedule.num_rounds,
+                        [e + 1 for e in self.schedule.round_epochs], self.schedule.budget)
+        return self
+
+    def build_backends(self, args: MarsRewardConfig | None = None):
+        """Builds the configured back-ends once per process (every rank generates its share of the texts)."""
+        from .augment.factory import build_cache, build_embedder, build_paraphraser, build_refiner
+
+        args = args or self.args
+        if self.cache is None:
+            self.cache = build_cache(args)
+        if self.paraphraser is None:
+            self.paraphraser = build_paraphraser(args, self.cache)
+        if args.uses_semantic_labels and self.embedder is None:
+            self.embedder = build_embedder(args)
+        if args.uses_semantic_labels and self.refiner is None and args.mars_refiner != "none":
+            self.refiner = build_refiner(args, self.embedder, self.cache, reward_check=self.reward_check)
+        return self.paraphraser, self.embedder, self.refiner
+
+    # ---------------------------------------------------------- callback events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._epochs_begun, self._epochs_run, self._checked_epoch = [], {}, None
+        if self.enabled and state.global_step > 0:
+            self._expected_resume = self.schedule.position(state.global_step, self.added)
+        if state.global_step == 0 and not args.eval_on_start:
+            self.report_heldout("before training")
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if not self.enabled:
+            return
+        epoch = self._current_epoch(state)
+        self._epochs_begun.append(epoch)
+        done = {entry["round"] for entry in self.completed}
+        for round_index in self.schedule.rounds_due(epoch):
+            if round_index not in done:
+                self.run_round(round_index, epoch)
+        self._epoch_start = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        """Checks the plan at the first step of each epoch, before any optimizer step is spent on wrong data."""
+        if self.enabled and self._epochs_begun and self._epochs_begun[-1] != self._checked_epoch:
+            self._checked_epoch = self._epochs_begun[-1]
+            self.check_plan(state)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        epoch = self._epochs_begun[-1] if self._epochs_begun else self._current_epoch(state) - 1
+        if self.enabled and self._epoch_start is not None:
+            self._record_epoch_time(epoch, time.perf_counter() - self._epoch_start)
+        if args.eval_strategy != "epoch":  # with "epoch", Trainer's own evaluation feeds the report
+            self.report_heldout(self._after_epoch(epoch))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if args.eval_strategy != "epoch" or not metrics:
+            return
+        epoch = self._epochs_begun[-1] if self._epochs_begun else 0
+        for name, _ in heldout.named_eval_datasets(self.trainer.eval_dataset):
+            record = heldout.from_evaluate(metrics, name=name, when=self._after_epoch(epoch),
+                                           global_step=state.global_step)
+            if record is not None:
+                self._add_eval(record, log=False)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Stores the rounds done so far in the checkpoint Trainer just wrote, so a resume never calls a back-end."""
+        if not (self.enabled and args.should_save):
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not checkpoint.is_dir():
+            return
+        for entry in self.completed:
+            shutil.copyfile(self.evidence.round_dir(entry["round"]) / "synthetic.jsonl",
+                            checkpoint / f"mars_round_{entry['round']}_synthetic.jsonl")
+        write_json(checkpoint / MARS_STATE_FILE, {
+            "version": 2,
+            "completed_rounds": self.completed,
+            "refinements": {str(k): v.to_dict() for k, v in self.refinements.items()},
+            "summary": self.evidence.summary,
+        })
+
+    # -------------------------------------------------------------- the round
+
+    def run_round(self, round_index: int, epoch: int) -> RoundResult:
+        """score -> allocate -> refine -> generate -> sample -> grow, then evidence and one console line."""
+        trainer, args = self.trainer, self.args
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+        margins = self.score_margins(round_index)
+        timings["score"] = time.perf_counter() - start
+        self.after_scoring(round_index, margins)
+        self.build_backends()
+        distances = labels = None
+        if args.uses_semantic_labels:
+            semantic_start = time.perf_counter()
+            distances, labels = self.semantic_labels()
+            timings["semantic"] = time.perf_counter() - semantic_start
+        result = self.augment(RoundInputs(
+            round_index=round_index, originals=self.originals, margins=margins, paraphraser=self.paraphraser,
+            strategy=args.mars_strategy, tau=args.mars_tau, margin_mode=args.mars_margin_mode,
+            budget_ratio=args.mars_budget_ratio, rounding=args.mars_budget_rounding, seed=args.effective_mars_seed,
+            paraphrase_prompts=args.mars_paraphrase_prompts, distances=distances, labels=labels,
+            refiner=self.refiner, refinements=self.refinements, used_pairs=self.used_pairs,
+            generate_map=self.generate_map, timings=timings))
+        grow_start = time.perf_counter()
+        self.grow(result.synthetic_rows)
+        timings["tokenize"] = time.perf_counter() - grow_start
+        timings["round_total"] = time.perf_counter() - start
+        self.completed.append({"round": round_index, "epoch": epoch, "num_synthetic": len(result.synthetic_rows)})
+        if trainer.is_world_process_zero():
+            entry = {**result.summary, "epoch": epoch + 1, "timings": dict(timings), **self._backend_stats()}
+            self.evidence.write_round(round_index, result.allocation_rows, result.synthetic_rows, entry)
+            self._write_summary()
+            Trainer.log(trainer, round_figures(entry, len(trainer.train_dataset)))  # not RewardTrainer.log
+            tqdm.write(round_line(entry, len(trainer.train_dataset), timings["round_total"]))
+        return result
+
+    def score_margins(self, round_index: int) -> np.ndarray:
+        """Delta_i = r^{t-1}(x_i, y_i+) - r^{t-1}(x_i, y_i-) on the original pairs, sharded across ranks."""
+        trainer = self.trainer
+        margins, _ = score_margins(trainer.model_wrapped, column_values(self.base_train, "chosen_ids"),
+                                   column_values(self.base_train, "rejected_ids"),
+                                   pad_token_id=trainer.processing_class.pad_token_id,
+                                   batch_size=self.args.mars_scoring_batch_size, accelerator=trainer.accelerator,
+                                   desc=f"MARS round {round_index}: scoring margins")
+        return margins
+
+    def after_scoring(self, round_index: int, margins: np.ndarray) -> None:
+        """Hook: sees each round's margins before allocation (e.g. AdaBoost loss weights). Default: nothing."""
+
+    def augment(self, inputs: RoundInputs) -> RoundResult:
+        """Hook: the round's synthetic rows and evidence from its inputs. Default: the MARS round."""
+        return run_round(inputs)
+
+    def generate_map(self, fn: Callable[[list], list], items: list) -> list:
+        """Runs `fn` on this rank's contiguous share of `items`; every rank gets all results, in input order."""
+        accelerator = self.trainer.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        if world == 1:
+            return fn(items) if items else []
+        bounds = [len(items) * r // world for r in range(world + 1)]
+        mine = items[bounds[rank] : bounds[rank + 1]]
+        results = fn(mine) if mine else []
+        if len(results) != len(mine):
+            raise RuntimeError(f"a back-end returned {len(results)} results for {len(mine)} inputs.")
+        return [item for part in gather_object([results]) for item in part]
+
+    def grow(self, rows: list[dict[str, Any]]) -> None:
+        """D^t = D^{t-1} + the round's rows, tokenised like the originals."""
+        if not rows:
+            return
+        trainer = self.trainer
+        if "margin" in self.base_train.column_names:
+            source_margin = column_values(self.base_train, "margin")
+            rows = [{**row, "margin": source_margin[row["source_index"]]} for row in rows]
+        if self.tokenize_rows is not None:
+            new = self.tokenize_rows(rows)
+        else:
+            columns = [c for c in ("prompt", "chosen", "rejected", "margin") if c in rows[0]]
+            new = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
+            new = trainer._prepare_dataset(new, trainer.processing_class, trainer.args, "synthetic")
+        new = new.select_columns([c for c in trainer.train_dataset.column_names if c in new.column_names])
+        if new.features != trainer.train_dataset.features:
+            new = new.cast(trainer.train_dataset.features)
+        trainer.train_dataset = concatenate_datasets([trainer.train_dataset, new])
+        for row in rows:
+            self.used_pairs.setdefault(row["source_index"], set()).add(
+                pair_key(response_text(row["chosen"]), response_text(row["rejected"])))
+        self.dataset_version += 1
+
+    def semantic_labels(self) -> tuple[np.ndarray, list[str]]:
+        """Distances and labels of the original pairs, once per run, on the main process (DESIGN.md 1, step 4)."""
+        if self.semantic is None:
+            payload: list[Any] = [None]
+            if self.trainer.accelerator.is_main_process:
+                from .semantic import semantic_distances, semantic_labels
+
+                chosen = [response_text(row["chosen"]) for row in self.originals]
+                rejected = [response_text(row["rejected"]) for row in self.originals]
+                distances = semantic_distances(self.embedder, chosen, rejected, cache=self.cache)
+                labels, threshold = semantic_labels(distances)
+                payload = [(distances, list(labels), float(threshold))]
+            if self.trainer.accelerator.num_processes > 1:
+                broadcast_object_list(payload, from_process=0)
+            distances, labels, threshold = payload[0]
+            self.semantic = (distances, labels)
+            self.evidence.summary["semantic"] = {"threshold": threshold, "high_distance": labels.count("high"),
+                                                 "low_distance": labels.count("low")}
+        return self.semantic
+
+    def reward_check(self, triples) -> list[bool]:
+        """Label check for rewrites: does the current model still prefer the chosen side? (this rank alone)"""
+        trainer = self.trainer
+        tokenizer = trainer.processing_class
+        limit = self.args.max_length
+        special = set(tokenizer.all_special_ids)
+        fit = (lambda ids: truncate_keep_end(ids, limit, special)) if limit else (lambda ids: ids)
+        tokenized = [tokenize_pair({"prompt": p, "chosen": c, "rejected": r}, tokenizer) for p, c, r in triples]
+        margins, _ = score_margins(trainer.model, [fit(t["chosen_ids"]) for t in tokenized],
+                                   [fit(t["rejected_ids"]) for t in tokenized], pad_token_id=tokenizer.pad_token_id,
+                                   batch_size=self.args.mars_scoring_batch_size,
+                                   accelerator=_LocalAccelerator(trainer.accelerator), desc="MARS: checking rewrites")
+        return [bool(m > 0) for m in margins]
+
+    # ------------------------------------------------------- held-out report
+
+    def report_heldout(self, when: str) -> None:
+        """Pairwise accuracy and margin SNR on each eval set, printed once and logged."""
+        for name, dataset in heldout.named_eval_datasets(self.trainer.eval_dataset):
+            record = heldout.score_heldout(self.trainer, dataset, name=name, when=when,
+                                           batch_size=self.args.mars_scoring_batch_size if self.args else 64)
+            self._add_eval(record, log=True)
+
+    def _add_eval(self, record: dict[str, Any], *, log: bool) -> None:
+        if not self.trainer.is_world_process_zero():
+            return
+        tqdm.write(eval_line(record))
+        if self.evidence is not None:
+            self.evidence.add_eval(record)
+            if self.enabled:
+                self._write_summary()
+        if log:
+            Trainer.log(self.trainer, heldout.figures(record))
+
+    # ------------------------------------------------------ resume and checks
+
+    def restore(self, checkpoint: str | None) -> None:
+        """Rebuilds D^t from a checkpoint's rounds (or resets to the originals for a fresh run)."""
+        trainer = self.trainer
+        trainer.train_dataset = self.base_train
+        self.completed, self.refinements, self.used_pairs = [], {}, {}
+        self.dataset_version += 1
+        self.planned_max_steps = self.resume_position = self._expected_resume = None
+        if checkpoint is None:
+            return
+        state_file = Path(checkpoint) / MARS_STATE_FILE
+        if not state_file.is_file():
+            raise FileNotFoundError(
+                f"{checkpoint} has no {MARS_STATE_FILE}: it was not written with MARS rounds, so the synthetic pairs "
+                "of its rounds are unknown. Resume from a checkpoint of a MARS run or start afresh.")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        for entry in state["completed_rounds"]:
+            self.grow(read_jsonl(Path(checkpoint) / f"mars_round_{entry['round']}_synthetic.jsonl"))
+            self.completed.append(entry)
+        self.refinements = {int(k): RefinementResult(**v) for k, v in state.get("refinements", {}).items()}
+        self.evidence.summary = state.get("summary", self.evidence.summary)
+        if trainer.is_world_process_zero():
+            logger.info("MARS: resumed with %d completed rounds (%d training pairs).", len(self.completed),
+                        len(trainer.train_dataset))
+
+    def epoch_started(self, epoch: int, train_pairs: int, resumed_at: tuple[int, int] | None) -> None:
+        """Called by the loop adapter as each epoch starts; checks a resumed run's position at once."""
+        self._epochs_run[epoch] = train_pairs
+        if resumed_at is not None and self._expected_resume is not None and epoch == resumed_at[0]:
+            epochs, updates = self._expected_resume
+            steps = 0 if self.args.ignore_data_skip else updates * self.args.gradient_accumulation_steps
+            if (self.resume_position is None or tuple(resumed_at) != (epochs, steps)):
+                raise RoundPlanError(
+                    f"resumed at epoch {resumed_at[0]}, step {resumed_at[1]} but the plan says epoch {epochs}, step "
+                    f"{steps}: Trainer did not call the adapter's `_init_training_state`. {_UPGRADE_HINT}")
+
+    def check_plan(self, state, *, final: bool = False) -> None:
+        """Raises `RoundPlanError` if rounds, epoch sizes or the step count differ from the plan."""
+        if not self.enabled:
+            return
+        problems = []
+        if self.planned_max_steps is None and self.args.max_steps <= 0:
+            problems.append("the total number of steps was not planned (`set_initial_training_values` not called)")
+        sizes = self.schedule.epoch_sizes(self.added)
+        for epoch in self._epochs_begun:
+            if epoch not in self._epochs_run:
+                problems.append(f"epoch {epoch + 1} did not run through the adapter's `_run_epoch`")
+            elif self._epochs_run[epoch] != sizes[epoch]:
+                problems.append(f"epoch {epoch + 1} trained on {self._epochs_run[epoch]} pairs, planned {sizes[epoch]}")
+        due = {t for e in self._epochs_begun for t in self.schedule.rounds_due(e)}
+        due |= {t for t, e in enumerate(self.schedule.round_epochs, start=1) if self._epochs_begun and
+                e < self._epochs_begun[0]}
+        ran = set(self.added)
+        if due != ran:
+            problems.append(f"rounds planned so far {sorted(due)} but rounds run {sorted(ran)}")
+        planned_steps = self.schedule.max_steps(self.added)
+        if final and self.args.max_steps <= 0 and state.max_steps != planned_steps:
+            problems.append(f"the run was sized for {state.max_steps} steps, the plan has {planned_steps}")
+        if final and not problems and self._epochs_begun and self.schedule.num_epochs - 1 in self._epochs_begun \
+                and self.args.max_steps <= 0 and state.global_step != planned_steps:
+            problems.append(f"{state.global_step} steps ran, the plan has {planned_steps}")
+        if problems:
+            raise RoundPlanError("MARS round plan not followed: " + "; ".join(problems) + f". {_UPGRADE_HINT}")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _current_epoch(self, state) -> int:
+        return int(math.floor((state.epoch or 0.0) + 1e-6))
+
+    def _after_epoch(self, epoch: int) -> str:
+        return f"after epoch {epoch + 1}" + (f" (round {len(self.completed)})" if self.enabled and self.completed
+                                             else "")
+
+    def _record_epoch_time(self, epoch: int, seconds: float) -> None:
+        last = self.evidence.last_round()
+        if last is None or last["epoch"] != epoch + 1 or not self.trainer.is_world_process_zero():
+            return
+        last["timings"]["train_epoch"] = seconds
+        outside = sum(v for k, v in last["timings"].items()
+                      if k not in ("paraphrase", "refine", "train_epoch", "round_total"))
+        last["overhead_share_excluding_generation"] = outside / seconds if seconds else None
+        self._write_summary()
+
+    def _backend_stats(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {}
+        if self.refiner is not None and self.semantic is not None:
+            from .augment.refiner import summarise
+
+            stats = summarise(list(self.refinements.values()), self.semantic[1]).to_dict()
+            entry["refinement"] = self.evidence.summary["refinement"] = stats
+        stats_source = getattr(self.paraphraser, "stats", None)
+        if isinstance(stats_source, dict):
+            entry["paraphraser_stats"] = dict(stats_source)
+        if self.cache is not None:
+            entry["cache"] = {"hits": self.cache.hits, "misses": self.cache.misses}
+        return entry
+
+    def _write_summary(self) -> None:
+        if not self.trainer.is_world_process_zero():
+            return
+        truncated = getattr(self.trainer, "_mars_truncated", {})
+        self.evidence.write_summary(config={k: v for k, v in self.args.to_dict().items() if k.startswith("mars_")},
+                                    truncated_examples=dict(truncated))
+
+
+_UPGRADE_HINT = ("This happens when a transformers release changes the Trainer internals trl_mars.loop adapts "
+                 "(see trl_mars.loop.SUPPORTED_TRANSFORMERS), or when a subclass bypasses them.")
+
+
+def _budget(num_originals: int, ratio: float) -> int:
+    from .allocation import total_budget
+
+    return total_budget(num_originals, ratio)
+
+
+def _originals_from(dataset: Dataset, tokenizer) -> list[dict[str, Any]]:
+    """Text rows of a prepared TRL train set, without the EOS that TRL appends to each response."""
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The prepared train dataset has no {missing} column(s): MARS paraphrases responses apart "
+                         "from prompts. Pass an explicit-prompt dataset, or `originals=` to the callback.")
+    eos = getattr(tokenizer, "eos_token", None)
+
+    def strip(value):
+        if isinstance(value, str) and eos and value.endswith(eos):
+            return value[: -len(eos)]
+        return value
+
+    columns = {c: column_values(dataset, c) for c in ("prompt", "chosen", "rejected")}
+    return [{"prompt": p, "chosen": strip(c), "rejected": strip(r)}
+            for p, c, r in zip(columns["prompt"], columns["chosen"], columns["rejected"])]
+
+
+class _QuietProgressCallback(ProgressCallback):
+    """Trainer's progress bar, minus raw `mars/*` dicts (the round prints its own line) and with a total that
+    follows a re-planned `max_steps`, so the bar ends at 100%."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and self.training_bar.total != state.max_steps:
+            self.training_bar.total = state.max_steps
+            self.training_bar.refresh()
+        super().on_step_end(args, state, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = _console_logs(logs)
+        if logs:
+            super().on_log(args, state, control, logs=logs, **kwargs)
+
+
+class _QuietPrinterCallback(PrinterCallback):
+    """`PrinterCallback` (used with `disable_tqdm`) minus raw `mars/*` dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = _console_logs(logs)
+        if logs:
+            super().on_log(args, state, control, logs=logs, **kwargs)
+
+
+def _console_logs(logs: dict | None) -> dict:
+    """`logs` without the figures MARS prints as its own lines; empty when nothing else is left to show."""
+    kept = {k: v for k, v in (logs or {}).items()
+            if not (k.startswith("mars/") or k.endswith("_pairwise_accuracy") or k.endswith("_margin_snr"))}
+    return kept if set(kept) - {"epoch", "num_input_tokens_seen", "step"} else {}
+
+
+def _quiet_console_printers(trainer: Trainer) -> None:
+    for plain, quiet in ((ProgressCallback, _QuietProgressCallback), (PrinterCallback, _QuietPrinterCallback)):
+        present = [cb for cb in trainer.callback_handler.callbacks if type(cb) is plain]
+        for callback in present:
+            trainer.callback_handler.remove_callback(callback)
+            trainer.callback_handler.add_callback(quiet())
+
+
+class _LocalAccelerator:
+    """An accelerator view that scores on this process alone (for per-rank work such as label checks)."""
+
+    num_processes = 1
+    process_index = 0
+
+    def __init__(self, accelerator):
+        self.device = accelerator.device
+        self.autocast = accelerator.autocast
+        self.is_local_main_process = accelerator.is_local_main_process

@@ -1,0 +1,155 @@
+"""The one adapter onto `transformers.Trainer` internals that a dataset growing between epochs needs.
+
+Why an adapter at all: `Trainer._inner_training_loop` builds the train dataloader once and passes it, with the
+epoch's step counts, as local variables into `_run_epoch`; the total number of steps (and so the LR schedule) is
+fixed from the first epoch's length in `set_initial_training_values`; and a resumed run finds its epoch as
+`global_step // steps_per_epoch`. No callback event can change any of these, so MARS needs exactly these overrides,
+each small, each checked at run time by `MarsAugmentationCallback` (rounds that ran vs the plan):
+
+- `set_initial_training_values`: the total steps are the sum of the planned, growing epoch lengths;
+- `_init_training_state`: a resumed run lands in the right epoch and step of epochs of different lengths;
+- `_run_epoch`: the epoch runs on a dataloader rebuilt from the grown dataset, with its own step counts, and the
+  LR schedule is re-planned when a round added fewer pairs than planned;
+- `train` (public): rebuilds the rounds of a checkpoint before Trainer sizes the run, and checks the plan after.
+
+Rounds themselves run in `MarsAugmentationCallback.on_epoch_begin`, a public callback event.
+
+These private hooks exist with these signatures in transformers 5.3 up to at least 5.24 (5.0-5.2 had one monolithic
+`_inner_training_loop`); outside `SUPPORTED_TRANSFORMERS` importing this module fails with a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import transformers
+from packaging.version import Version
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+logger = logging.getLogger("trl_mars")
+
+SUPPORTED_TRANSFORMERS = ("5.3.0", "6.0.0")  # [min, max): keep in step with pyproject.toml
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Raises ImportError outside the transformers range whose Trainer internals the adapter relies on."""
+    found = Version(version or transformers.__version__)
+    low, high = (Version(v) for v in SUPPORTED_TRANSFORMERS)
+    if not low <= Version(found.base_version) < high:  # base_version: 5.30.0.dev0 counts as 5.30.0
+        raise ImportError(
+            f"trl-mars needs transformers>={low},<{high} (found {found}): MARS rounds hook into Trainer's epoch loop "
+            f"(`_run_epoch`, `_init_training_state`, `set_initial_training_values`), which has this shape only in "
+            f"that range. Install a supported version, e.g. `pip install 'transformers>={low},<{high}'`.")
+
+
+check_transformers_version()
+
+
+class GrowingDatasetLoop:
+    """Mixin for a `transformers.Trainer` subclass whose training set grows at the start of some epochs.
+
+    The schedule and the data come from the attached `MarsAugmentationCallback` (`self._mars_callback`); without
+    one, or with MARS off, every method defers to Trainer unchanged.
+    """
+
+    _mars_callback = None
+
+    def _mars_active(self) -> bool:
+        callback = self._mars_callback
+        return callback is not None and callback.enabled
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Rebuilds D^t from the checkpoint (its rounds decide the epoch lengths), trains, then checks the plan."""
+        if self._mars_active():
+            checkpoint = resume_from_checkpoint
+            if isinstance(checkpoint, bool):
+                checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
+            self._mars_callback.restore(checkpoint)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        if self._mars_active():
+            self._mars_callback.check_plan(self.state, final=True)
+        return output
+
+    def set_initial_training_values(self, args, dataloader):
+        """Total steps = sum of the planned epoch lengths (Trainer would use epochs x the first epoch's length)."""
+        values = list(super().set_initial_training_values(args, dataloader))
+        if not self._mars_active() or args.max_steps > 0:
+            return tuple(values)
+        # num_train_epochs, num_update_steps_per_epoch, num_examples, num_train_samples, total_train_batch_size,
+        # steps_in_epoch, max_steps
+        plan, added = self._mars_callback.schedule, self._mars_callback.added
+        values[3] = plan.samples(added)
+        values[6] = plan.max_steps(added)
+        self._mars_callback.planned_max_steps = values[6]
+        return tuple(values)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        """On resume, finds the epoch and step by walking the planned (unequal) epoch lengths."""
+        epochs_trained, steps_in_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial)
+        if self._mars_active() and self.state.global_step > 0:
+            epochs_trained, updates_done = self._mars_callback.schedule.position(self.state.global_step,
+                                                                                 self._mars_callback.added)
+            steps_in_epoch = 0 if self.args.ignore_data_skip else updates_done * self.args.gradient_accumulation_steps
+            self._mars_callback.resume_position = (epochs_trained, steps_in_epoch)
+        return epochs_trained, steps_in_epoch
+
+    def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, **kwargs):
+        """Runs the epoch on the grown dataset (the round ran in `on_epoch_begin`) with its own step counts."""
+        if self._mars_active():
+            callback = self._mars_callback
+            if callback.loader_version != callback.dataset_version:
+                callback.loader = self.get_train_dataloader()
+                callback.loader_version = callback.dataset_version
+                self.callback_handler.train_dataloader = callback.loader
+            if callback.loader is not None:
+                train_dataloader = callback.loader
+            steps_in_epoch = len(train_dataloader)
+            num_update_steps_per_epoch = max(1, -(-steps_in_epoch // self.args.gradient_accumulation_steps))
+            if self.args.max_steps <= 0:
+                self._mars_replan(callback.schedule.max_steps(callback.added))
+            callback.epoch_started(epoch, len(self.train_dataset),
+                                   (kwargs.get("epochs_trained"), kwargs.get("steps_trained_in_current_epoch"))
+                                   if kwargs.get("resume_from_checkpoint") is not None else None)
+        return super()._run_epoch(model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch,
+                                  **kwargs)
+
+    def _mars_replan(self, max_steps: int) -> None:
+        """Re-sizes the LR schedule to `max_steps` after a short round, keeping the steps already taken."""
+        if max_steps == self.state.max_steps:
+            return
+        logger.info("MARS: re-planning the run from %d to %d optimizer steps.", self.state.max_steps, max_steps)
+        self.state.max_steps = max_steps
+        old = self.lr_scheduler
+        if not getattr(self, "_created_lr_scheduler", False) or self.is_deepspeed_enabled:
+            logger.warning("MARS: the LR scheduler was not created by Trainer; its length is left as it is.")
+            return
+        self.lr_scheduler = None
+        self.create_scheduler(num_training_steps=max_steps, optimizer=self.optimizer)
+        new = self.lr_scheduler
+        with warnings.catch_warnings():  # torch warns about step order; the optimizer has stepped already
+            warnings.simplefilter("ignore")
+            new.last_epoch = old.last_epoch - 1
+            new.step()
+        self.callback_handler.lr_scheduler = new
+
+
+def with_growing_dataset(trainer_class: type) -> type:
+    """`trainer_class` with the loop adapter mixed in (the class itself when it already has it)."""
+    if issubclass(trainer_class, GrowingDatasetLoop):
+        return trainer_class
+    if not issubclass(trainer_class, Trainer):
+        raise TypeError(f"{trainer_class.__name__} is not a transformers.Trainer subclass.")
+    cached = _MIXED.get(trainer_class)
+    if cached is None:
+        cached = _MIXED[trainer_class] = type(trainer_class.__name__, (GrowingDatasetLoop, trainer_class),
+                                              {"__module__": trainer_class.__module__,
+                                               "__doc__": trainer_class.__doc__})
+    return cached
+
+
+_MIXED: dict[type, type] = {}
