@@ -237,6 +237,7 @@ class MarsAugmentationCallback(TrainerCallback):
         result = self.augment(RoundInputs(
             round_index=round_index, originals=self.originals, margins=margins, paraphraser=self.paraphraser,
             strategy=args.mars_strategy, tau=args.mars_tau, margin_mode=args.mars_margin_mode,
+            margin_scale=args.mars_margin_scale, max_budget_share=args.mars_max_budget_share,
             budget_ratio=args.mars_budget_ratio, rounding=args.mars_budget_rounding, seed=args.effective_mars_seed,
             paraphrase_prompts=args.mars_paraphrase_prompts, distances=distances, labels=labels,
             refiner=self.refiner, refinements=self.refinements, used_pairs=self.used_pairs,

@@ -15,6 +15,7 @@ _PLANNED = ("adaboost", "won")
 PARAPHRASERS = ("lexical", "seq2seq", "chat")
 REFINERS = ("none", "chat")
 MARGIN_MODES = ("signed", "absolute")
+MARGIN_SCALES = ("none", "std")
 ROUNDINGS = ("largest_remainder", "multinomial")
 TRUNCATIONS = ("keep_end", "drop")
 LABEL_CHECKS = ("reward_model", "judge")
@@ -30,7 +31,8 @@ PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 # The `mars_*` fields in the order and sections in which `--help` (trl_mars.cli) and the README list them.
 MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "MARS: strategy and allocation": (
-        "mars_strategy", "mars_tau", "mars_budget_ratio", "mars_margin_mode", "mars_budget_rounding",
+        "mars_strategy", "mars_tau", "mars_budget_ratio", "mars_margin_mode", "mars_margin_scale",
+        "mars_max_budget_share", "mars_budget_rounding",
     ),
     "MARS: schedule and scoring": (
         "mars_rounds", "mars_warmup_epochs", "mars_scoring_batch_size", "mars_seed", "mars_truncation",
@@ -100,6 +102,23 @@ class MarsRewardConfig(RewardConfig):
             "help": "'signed' uses -tau * margin (paper v2: mis-ranked pairs get the most budget); 'absolute' uses "
             "-tau * |margin| (paper v1).",
             "choices": list(MARGIN_MODES),
+        },
+    )
+    mars_margin_scale: str = field(
+        default="none",
+        metadata={
+            "help": "'std' divides the margins by their standard deviation before the softmax, so tau means the same "
+            "at every margin scale (a model that has memorised its training pairs has margins of +-10, where tau=0.5 "
+            "hands nearly the whole budget to a few pairs); 'none' is the paper's rule.",
+            "choices": list(MARGIN_SCALES),
+        },
+    )
+    mars_max_budget_share: float | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on any one tuple's allocation probability, as a multiple of the uniform share 1/N (4.0: at "
+            "most 4x what uniform gives it); the excess goes to the other tuples in proportion. None (the paper): "
+            "no cap."
         },
     )
     mars_budget_rounding: str = field(
@@ -272,6 +291,14 @@ class MarsRewardConfig(RewardConfig):
                 "yet. Use one of 'mars', 'mars_nosem', 'uniform' or 'none'."
             )
         choice("mars_margin_mode", MARGIN_MODES)
+        choice("mars_margin_scale", MARGIN_SCALES)
+        if self.mars_max_budget_share is not None and not (
+            math.isfinite(self.mars_max_budget_share) and self.mars_max_budget_share >= 1.0
+        ):
+            raise ValueError(
+                f"`mars_max_budget_share` must be >= 1 (a multiple of the uniform share 1/N) or unset, got "
+                f"{self.mars_max_budget_share!r}. 4.0 lets a tuple get at most 4x the uniform budget."
+            )
         choice("mars_budget_rounding", ROUNDINGS)
         choice("mars_paraphraser", PARAPHRASERS)
         choice("mars_refiner", REFINERS)

@@ -76,6 +76,8 @@ class RoundInputs:
     strategy: str = "mars"
     tau: float = 0.5
     margin_mode: str = "signed"
+    margin_scale: str = "none"
+    max_budget_share: float | None = None
     budget_ratio: float = 5.0
     rounding: str = "largest_remainder"
     seed: int = 0
@@ -148,6 +150,7 @@ def run_round(inputs: RoundInputs) -> RoundResult:
     # allocate (steps 2-3): q_i from the margins, b_i = B q_i as integers summing to B, n_i+ = floor(b_i / 2).
     with _timed(timings, "allocate"):
         allocation = allocate(inputs.margins, total=budget, tau=inputs.tau, mode=inputs.margin_mode,
+                              scale=inputs.margin_scale, max_share=inputs.max_budget_share,
                               strategy=inputs.strategy, method=inputs.rounding,
                               rng=np.random.default_rng([inputs.seed, inputs.round_index]))
     budgets = allocation.budgets
