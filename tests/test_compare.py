@@ -108,3 +108,21 @@ def test_recipe_help():
     assert result.returncode == 0, result.stderr[-2000:]
     for flag in ("--datasets", "--strategies", "--seeds", "--variants", "--group_by", "--mars_tau"):
         assert flag in result.stdout
+
+
+def test_a_setting_added_after_a_cell_ran_keeps_the_cell_when_left_at_its_default(tmp_path):
+    from trl_mars.compare import Cell, GridDataset, load_finished
+
+    compare, training, _ = _args(tmp_path)
+    dataset = GridDataset(key="pairs", name="pairs.jsonl", train=None, evaluation=None, majority=None,
+                          train_fingerprint="t", eval_fingerprint="e")
+    cell = Cell(dataset, "none", 1, {}, training, "model", None)
+    cell.directory.mkdir(parents=True)
+    recorded = cell.settings()
+    del recorded["mars_max_budget_share"]  # as if the field did not exist when the cell ran
+    (cell.directory / "result.json").write_text(json.dumps({"accuracy": 0.5, "settings": recorded}))
+    assert load_finished(cell)["accuracy"] == 0.5
+    # the same missing field at a value other than its default is a different setting: not reused
+    cell.args.mars_max_budget_share = 4.0
+    with pytest.raises(ValueError, match="mars_max_budget_share"):
+        load_finished(cell)

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import PACKAGED_MINILM, STRATEGIES
+from .config import PACKAGED_MINILM, STRATEGIES, MarsRewardConfig
 from .data import DATA_SEED, column_values, load_preference_splits, split_holdout, take_subset
 
 logger = logging.getLogger("trl_mars")
@@ -321,7 +321,11 @@ def load_finished(cell: Cell) -> dict[str, Any] | None:
     result = json.loads(path.read_text(encoding="utf-8"))
     expected = cell.settings()
     recorded = result.get("settings", {})
-    differing = sorted(k for k in set(expected) | set(recorded) if expected.get(k) != recorded.get(k))
+    # A setting the record lacks was added to the library after the cell ran; the cell ran with what is now that
+    # setting's default, so it matches when the grid keeps the default.
+    defaults = {f.name: f.default for f in dataclasses.fields(MarsRewardConfig) if f.default is not dataclasses.MISSING}
+    differing = sorted(k for k in set(expected) | set(recorded) if expected.get(k) != recorded.get(k)
+                       and not (k not in recorded and k in defaults and expected.get(k) == defaults[k]))
     if differing:
         raise ValueError(
             f"{path} was computed with other settings ({', '.join(f'{k}: {recorded.get(k)!r} -> {expected.get(k)!r}' for k in differing[:5])}). "
