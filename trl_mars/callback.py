@@ -44,12 +44,12 @@ from . import heldout
 from .adaboost import SOURCE_INDEX, SourceIndexCollator, adaboost_round, with_weighted_loss
 from .augment.base import RefinementResult
 from .config import MarsRewardConfig
-from .data import column_values, response_text, tokenize_pair, truncate_keep_end
+from .data import column_values, response_text, tokenize_pair, truncate_keep_end, with_response_text
 from .evidence import Evidence, eval_line, read_jsonl, round_figures, round_line, write_json
 from .loop import GrowingDatasetLoop, with_growing_dataset
 from .rounds import RoundInputs, RoundResult, pair_key, run_round
 from .schedule import RoundSchedule, round_epochs
-from .scoring import score_margins
+from .scoring import score_margins, score_sequences
 
 logger = logging.getLogger("trl_mars")
 MARS_STATE_FILE = "mars_state.json"
@@ -65,6 +65,7 @@ class MarsAugmentationCallback(TrainerCallback):
     Args:
         args: the MARS settings; defaults to the trainer's `args` (which must then be a `MarsRewardConfig`).
         paraphraser, embedder, refiner: back-ends to use instead of building them from `args`.
+        won_generator: for 'won', a `west_of_n.CandidateGenerator` to use instead of `mars_won_generator`.
         originals: explicit-prompt rows (prompt/chosen/rejected) aligned with the trainer's prepared train set;
             by default read from its text columns (TRL's appended EOS stripped).
         tokenize_rows: turns synthetic rows into a dataset with the train set's columns; by default the trainer's
@@ -75,10 +76,11 @@ class MarsAugmentationCallback(TrainerCallback):
     """
 
     def __init__(self, args: MarsRewardConfig | None = None, *, paraphraser=None, embedder=None, refiner=None,
-                 originals: Sequence[dict[str, Any]] | None = None,
+                 won_generator=None, originals: Sequence[dict[str, Any]] | None = None,
                  tokenize_rows: Callable[[list[dict[str, Any]]], Dataset] | None = None):
         self.args = args
         self.paraphraser, self.embedder, self.refiner = paraphraser, embedder, refiner
+        self.won_generator = won_generator
         self.cache = None
         self.originals = list(originals) if originals is not None else None
         self.tokenize_rows = tokenize_rows
@@ -184,6 +186,10 @@ class MarsAugmentationCallback(TrainerCallback):
             self.cache = build_cache(args)
         if self.paraphraser is None and args.generates_with_paraphraser:
             self.paraphraser = build_paraphraser(args, self.cache)
+        if args.mars_strategy == "won" and self.won_generator is None:
+            from .west_of_n import build_generator
+
+            self.won_generator = build_generator(args, self.paraphraser, self.cache)
         if args.uses_semantic_labels and self.embedder is None:
             self.embedder = build_embedder(args)
         if args.uses_semantic_labels and self.refiner is None and args.mars_refiner != "none":
@@ -307,7 +313,31 @@ class MarsAugmentationCallback(TrainerCallback):
             result, weights = adaboost_round(inputs, self.args.mars_adaboost_beta)
             self.set_example_weights(weights)
             return result
+        if self.args.mars_strategy == "won":
+            from .west_of_n import west_of_n_round
+
+            return west_of_n_round(inputs, self.won_generator, self.score_responses,
+                                   candidates_per_draw=self.args.mars_won_candidates)
         return run_round(inputs)
+
+    def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
+        """r^{t-1}(x_i, y) for (tuple index i, response text y), tokenised as training tokenises (all ranks)."""
+        from .tokenization import tokenize_pairs
+
+        trainer = self.trainer
+        tokenizer = trainer.processing_class
+        rows = []
+        for i, text in items:
+            original = self.originals[i]
+            response = with_response_text(original["chosen"], text)
+            rows.append({"prompt": original["prompt"], "chosen": response, "rejected": response})
+        ids = tokenize_pairs(rows, tokenizer)["chosen_ids"]
+        if self.args.max_length:
+            special = set(tokenizer.all_special_ids)
+            ids = [truncate_keep_end(seq, self.args.max_length, special) for seq in ids]
+        return score_sequences(trainer.model_wrapped, ids, pad_token_id=tokenizer.pad_token_id,
+                               batch_size=2 * self.args.mars_scoring_batch_size, accelerator=trainer.accelerator,
+                               desc="West-of-N: scoring candidates")
 
     def generate_map(self, fn: Callable[[list], list], items: list) -> list:
         """Runs `fn` on this rank's contiguous share of `items`; every rank gets all results, in input order."""
