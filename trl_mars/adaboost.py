@@ -65,6 +65,7 @@ def adaboost_round(inputs: RoundInputs, beta: float) -> tuple[RoundResult, np.nd
         "allocation_entropy_uniform": float(np.log(n)),
         "budget": 0,
         "synthetic_pairs_added": 0,
+        "pairs_short_of_budget": 0,
         "adaboost_beta": float(beta),
         "weights": weight_statistics(weights),
     }
