@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -91,7 +92,8 @@ class CausalLMGenerator:
     """Samples candidates from a causal LM (`transformers` `generate`, nucleus sampling, seeded).
 
     The prompt goes through the tokenizer's chat template when it has one (as a user turn), else as plain text.
-    Prompts are generated one at a time with `num_return_sequences=n` (a baseline, not a throughput path).
+    Prompts are generated one at a time with `num_return_sequences=n` (a baseline, not a throughput path), each
+    seeded by `seed` and the prompt text.
     """
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 0.95,
@@ -104,8 +106,10 @@ class CausalLMGenerator:
     def from_pretrained(cls, name_or_path: str, **kwargs) -> CausalLMGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from accelerate import PartialState
+
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path).to(PartialState().device)  # this rank's device
         return cls(model, tokenizer, name=f"causal_lm:{name_or_path}", **kwargs)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -131,11 +135,12 @@ class CausalLMGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            for k, row in enumerate(rows):
+            for row in rows:
                 if n <= 0:
                     out.append([])
                     continue
-                torch.manual_seed(self.seed + k)
+                # seeded by the prompt, not its position, so a rank's share gives the same texts as one process
+                torch.manual_seed(self.seed + zlib.crc32(row["prompt"].encode("utf-8")))
                 ids = torch.tensor([self._encode(row["prompt"])], device=device)
                 with torch.no_grad():
                     generated = self.model.generate(
