@@ -6,7 +6,8 @@
 Answers are deterministic functions of the request (the task is recognised from the prompt templates):
 paraphrase -> variants built from the source text (plus the source itself and a duplicate, which the client must
 filter); rewrite -> `rewrite(side, blocks, attempt)` (default: a text sharing no words with the other response);
-judges -> `judge_preference(prompt, a, b)` / `judge_harm(prompt, response)`. Tests may replace those callables.
+judges -> `judge_preference(prompt, a, b)` / `judge_harm(prompt, response)`; West-of-N candidates -> n answers that
+repeat the prompt 1..n times (plus a duplicate the generator must drop). Tests may replace those callables.
 
 Fault injection: `faults` is a queue consumed one entry per chat request, in arrival order: "429" (with
 Retry-After: 0), "500", "timeout" (sleeps `timeout_sleep` seconds before answering, longer than the client's
@@ -254,6 +255,10 @@ class FakeOpenAIServer:
             with self.lock:
                 self.seen_texts.append(text)
             return json.dumps({"paraphrases": self.paraphrases(text, n)})
+        if '"responses"' in system:  # West-of-N candidates: n answers of different quality, plus a duplicate
+            n = int(re.search(r"Number of responses: (\d+)", user).group(1))
+            answers = [f"Answer {i + 1}: " + " ".join(["about", blocks["PROMPT"]] * (i + 1)) for i in range(n)]
+            return json.dumps({"responses": answers[:1] + answers})
         side_match = re.search(r"Response to rewrite: the (CHOSEN|REJECTED) response", user)
         if side_match:
             side = side_match.group(1).lower()

@@ -62,19 +62,23 @@ def test_chat_refinement_round_and_zero_calls_on_rerun(tmp_path, minilm_path, ti
     assert read_jsonl(tmp_path / "run2" / "mars" / "round_1" / "synthetic.jsonl") == synthetic
 
 
-def test_missing_key_fails_before_the_model_loads(tmp_path, tiny_dataset, openai_server, monkeypatch):
+def test_missing_key_fails_before_the_model_loads(tmp_path, tiny_dataset, openai_server, monkeypatch, minilm_path):
+    # a model that exists: the start-up check of the model itself (which runs first) must pass, so the key is what
+    # fails, as the start-up check's PreflightError
+    from trl_mars.preflight import PreflightError
+
     monkeypatch.delenv(TEST_KEY_ENV)
-    with pytest.raises(RuntimeError, match=TEST_KEY_ENV):
-        MarsRewardTrainer("/nonexistent/model", args=chat_args(tmp_path, openai_server, tmp_path / "cache"),
+    with pytest.raises(PreflightError, match=TEST_KEY_ENV):
+        MarsRewardTrainer(minilm_path, args=chat_args(tmp_path, openai_server, tmp_path / "cache"),
                           train_dataset=tiny_dataset)
 
 
-def test_unreachable_endpoint_fails_at_start_up(tmp_path, tiny_dataset, openai_server):
+def test_unreachable_endpoint_fails_at_start_up(tmp_path, tiny_dataset, openai_server, minilm_path):
     from openai_server import free_port
 
     class Dead:
         base_url = f"http://127.0.0.1:{free_port()}/v1"
 
     with pytest.raises(RuntimeError, match="127.0.0.1"):
-        MarsRewardTrainer("/nonexistent/model", args=chat_args(tmp_path, Dead, tmp_path / "cache"),
+        MarsRewardTrainer(minilm_path, args=chat_args(tmp_path, Dead, tmp_path / "cache"),
                           train_dataset=tiny_dataset)

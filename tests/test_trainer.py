@@ -184,7 +184,11 @@ def test_non_string_values_and_empty_datasets_are_rejected(tmp_path):
     ("overrides", "match"),
     [
         ({"mars_strategy": "boosting"}, "mars_strategy"),
-        ({"mars_strategy": "won"}, "planned baseline"),
+        ({"mars_adaboost_beta": -0.1}, "mars_adaboost_beta"),
+        ({"mars_won_candidates": 1}, "mars_won_candidates"),
+        ({"mars_won_generator": "sampler"}, "mars_won_generator"),
+        ({"mars_strategy": "won", "mars_won_generator": "causal_lm"}, "mars_won_model"),
+        ({"mars_strategy": "adaboost", "max_steps": 10}, "epochs"),
         ({"mars_paraphraser": "gpt"}, "mars_paraphraser"),
         ({"mars_tau": 0.0}, "mars_tau"),
         ({"mars_tau": -1.0}, "mars_tau"),

@@ -13,10 +13,14 @@ rounds that ran, the epoch sizes and the step count match the plan, so a transfo
 the adapter fails loudly instead of training without augmentation.
 
 Extension points for other strategies (subclass and override):
-- `augment(inputs: RoundInputs) -> RoundResult`: the round's rows from the margins (default `rounds.run_round`);
-  West-of-N would generate and score candidates here, AdaBoost would return no rows;
-- `after_scoring(round_index, margins)`: sees every round's margins on the original tuples before allocation
-  (AdaBoost's per-example weights w_i ~ exp(-beta Delta_i) would be computed here).
+- `augment(inputs: RoundInputs) -> RoundResult`: the round's rows from the margins. By default it follows
+  `mars_strategy`: `rounds.run_round` for mars/mars_nosem/uniform, `adaboost.adaboost_round` for 'adaboost' (no
+  rows; the round's loss weights), `west_of_n.west_of_n_round` for 'won' (generated candidates, scored);
+- `after_scoring(round_index, margins)`: sees every round's margins on the original tuples before allocation.
+
+'adaboost' also needs the weights in the loss: `attach` mixes `adaboost.WeightedLossMixin` into the trainer's
+class (MarsRewardTrainer has it already), keeps `source_index` through TRL's column filter and collator, and the
+weights live in `example_weights`, indexed by `source_index`.
 """
 
 from __future__ import annotations
@@ -37,14 +41,15 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
 from . import heldout
+from .adaboost import SOURCE_INDEX, SourceIndexCollator, adaboost_round, with_weighted_loss
 from .augment.base import RefinementResult
 from .config import MarsRewardConfig
-from .data import column_values, response_text, tokenize_pair, truncate_keep_end
+from .data import column_values, response_text, tokenize_pair, truncate_keep_end, with_response_text
 from .evidence import Evidence, eval_line, read_jsonl, round_figures, round_line, write_json
 from .loop import GrowingDatasetLoop, with_growing_dataset
 from .rounds import RoundInputs, RoundResult, pair_key, run_round
 from .schedule import RoundSchedule, round_epochs
-from .scoring import score_margins
+from .scoring import score_margins, score_sequences
 
 logger = logging.getLogger("trl_mars")
 MARS_STATE_FILE = "mars_state.json"
@@ -60,6 +65,7 @@ class MarsAugmentationCallback(TrainerCallback):
     Args:
         args: the MARS settings; defaults to the trainer's `args` (which must then be a `MarsRewardConfig`).
         paraphraser, embedder, refiner: back-ends to use instead of building them from `args`.
+        won_generator: for 'won', a `west_of_n.CandidateGenerator` to use instead of `mars_won_generator`.
         originals: explicit-prompt rows (prompt/chosen/rejected) aligned with the trainer's prepared train set;
             by default read from its text columns (TRL's appended EOS stripped).
         tokenize_rows: turns synthetic rows into a dataset with the train set's columns; by default the trainer's
@@ -70,10 +76,11 @@ class MarsAugmentationCallback(TrainerCallback):
     """
 
     def __init__(self, args: MarsRewardConfig | None = None, *, paraphraser=None, embedder=None, refiner=None,
-                 originals: Sequence[dict[str, Any]] | None = None,
+                 won_generator=None, originals: Sequence[dict[str, Any]] | None = None,
                  tokenize_rows: Callable[[list[dict[str, Any]]], Dataset] | None = None):
         self.args = args
         self.paraphraser, self.embedder, self.refiner = paraphraser, embedder, refiner
+        self.won_generator = won_generator
         self.cache = None
         self.originals = list(originals) if originals is not None else None
         self.tokenize_rows = tokenize_rows
@@ -95,6 +102,8 @@ class MarsAugmentationCallback(TrainerCallback):
         self._epochs_run: dict[int, int] = {}
         self._epoch_start: float | None = None
         self._checked_epoch: int | None = None
+        # 'adaboost': the current loss weight of each original tuple, indexed by its `source_index` value
+        self.example_weights = None
 
     # ----------------------------------------------------------------- set-up
 
@@ -120,6 +129,8 @@ class MarsAugmentationCallback(TrainerCallback):
             trainer.__class__ = with_growing_dataset(type(trainer))
         trainer._mars_callback = self
         _quiet_console_printers(trainer)
+        if self.args.mars_strategy == "adaboost":
+            self._attach_weighted_loss(trainer)
         self.base_train = trainer.train_dataset
         self.evidence = Evidence(Path(self.args.output_dir) / "mars")
         if not self.enabled:
@@ -143,15 +154,42 @@ class MarsAugmentationCallback(TrainerCallback):
                         [e + 1 for e in self.schedule.round_epochs], self.schedule.budget)
         return self
 
+    def _attach_weighted_loss(self, trainer: Trainer) -> None:
+        """'adaboost': weights reach the loss through `source_index` (see `trl_mars.adaboost`); all 1 until round 1."""
+        import torch
+
+        if SOURCE_INDEX not in trainer.train_dataset.column_names:  # a plain RewardTrainer's prepared set
+            positions = list(range(len(trainer.train_dataset)))
+            trainer.train_dataset = trainer.train_dataset.add_column(SOURCE_INDEX, positions)
+        trainer.__class__ = with_weighted_loss(type(trainer))
+        if not isinstance(trainer.data_collator, SourceIndexCollator):
+            trainer.data_collator = SourceIndexCollator(trainer.data_collator)
+        self._weight_slots = torch.as_tensor(column_values(trainer.train_dataset, SOURCE_INDEX), dtype=torch.long)
+        self.set_example_weights(np.ones(len(self._weight_slots)))
+
+    def set_example_weights(self, weights: np.ndarray) -> None:
+        """Per-tuple loss weights, in the order of the original train set, for `WeightedLossMixin`."""
+        import torch
+
+        table = torch.zeros(int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0, dtype=torch.float32)
+        table[self._weight_slots] = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        self.example_weights = table
+
     def build_backends(self, args: MarsRewardConfig | None = None):
         """Builds the configured back-ends once per process (every rank generates its share of the texts)."""
         from .augment.factory import build_cache, build_embedder, build_paraphraser, build_refiner
 
         args = args or self.args
+        if args.mars_strategy == "adaboost":  # generates nothing
+            return self.paraphraser, self.embedder, self.refiner
         if self.cache is None:
             self.cache = build_cache(args)
-        if self.paraphraser is None:
+        if self.paraphraser is None and args.generates_with_paraphraser:
             self.paraphraser = build_paraphraser(args, self.cache)
+        if args.mars_strategy == "won" and self.won_generator is None:
+            from .west_of_n import build_generator
+
+            self.won_generator = build_generator(args, self.paraphraser, self.cache)
         if args.uses_semantic_labels and self.embedder is None:
             self.embedder = build_embedder(args)
         if args.uses_semantic_labels and self.refiner is None and args.mars_refiner != "none":
@@ -216,6 +254,7 @@ class MarsAugmentationCallback(TrainerCallback):
             "completed_rounds": self.completed,
             "refinements": {str(k): v.to_dict() for k, v in self.refinements.items()},
             "summary": self.evidence.summary,
+            "example_weights": None if self.example_weights is None else self.example_weights.tolist(),
         })
 
     # -------------------------------------------------------------- the round
@@ -269,8 +308,36 @@ class MarsAugmentationCallback(TrainerCallback):
         """Hook: sees each round's margins before allocation (e.g. AdaBoost loss weights). Default: nothing."""
 
     def augment(self, inputs: RoundInputs) -> RoundResult:
-        """Hook: the round's synthetic rows and evidence from its inputs. Default: the MARS round."""
+        """Hook: the round's synthetic rows and evidence from its inputs, by `mars_strategy` (see module doc)."""
+        if self.args.mars_strategy == "adaboost":
+            result, weights = adaboost_round(inputs, self.args.mars_adaboost_beta)
+            self.set_example_weights(weights)
+            return result
+        if self.args.mars_strategy == "won":
+            from .west_of_n import west_of_n_round
+
+            return west_of_n_round(inputs, self.won_generator, self.score_responses,
+                                   candidates_per_draw=self.args.mars_won_candidates)
         return run_round(inputs)
+
+    def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
+        """r^{t-1}(x_i, y) for (tuple index i, response text y), tokenised as training tokenises (all ranks)."""
+        from .tokenization import tokenize_pairs
+
+        trainer = self.trainer
+        tokenizer = trainer.processing_class
+        rows = []
+        for i, text in items:
+            original = self.originals[i]
+            response = with_response_text(original["chosen"], text)
+            rows.append({"prompt": original["prompt"], "chosen": response, "rejected": response})
+        ids = tokenize_pairs(rows, tokenizer)["chosen_ids"]
+        if self.args.max_length:
+            special = set(tokenizer.all_special_ids)
+            ids = [truncate_keep_end(seq, self.args.max_length, special) for seq in ids]
+        return score_sequences(trainer.model_wrapped, ids, pad_token_id=tokenizer.pad_token_id,
+                               batch_size=2 * self.args.mars_scoring_batch_size, accelerator=trainer.accelerator,
+                               desc="West-of-N: scoring candidates")
 
     def generate_map(self, fn: Callable[[list], list], items: list) -> list:
         """Runs `fn` on this rank's contiguous share of `items`; every rank gets all results, in input order."""
@@ -369,6 +436,8 @@ class MarsAugmentationCallback(TrainerCallback):
         trainer = self.trainer
         trainer.train_dataset = self.base_train
         self.completed, self.refinements, self.used_pairs = [], {}, {}
+        if self.example_weights is not None:  # 'adaboost': all 1 again until a round says otherwise
+            self.set_example_weights(np.ones(len(self._weight_slots)))
         self.dataset_version += 1
         self.planned_max_steps = self.resume_position = self._expected_resume = None
         if checkpoint is None:
@@ -384,6 +453,10 @@ class MarsAugmentationCallback(TrainerCallback):
             self.completed.append(entry)
         self.refinements = {int(k): RefinementResult(**v) for k, v in state.get("refinements", {}).items()}
         self.evidence.summary = state.get("summary", self.evidence.summary)
+        if state.get("example_weights") is not None:
+            import torch
+
+            self.example_weights = torch.tensor(state["example_weights"], dtype=torch.float32)
         if trainer.is_world_process_zero():
             logger.info("MARS: resumed with %d completed rounds (%d training pairs).", len(self.completed),
                         len(trainer.train_dataset))

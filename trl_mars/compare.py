@@ -269,7 +269,7 @@ def _round_summaries(directory: Path) -> list[dict[str, Any]]:
         return []
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     keep = ("round", "epoch", "margin", "allocation_entropy", "allocation_entropy_uniform", "budget",
-            "synthetic_pairs_added", "pairs_short_of_budget")
+            "synthetic_pairs_added", "pairs_short_of_budget", "weights", "won")
     return [{k: entry[k] for k in keep if k in entry} for entry in summary.get("rounds", [])]
 
 

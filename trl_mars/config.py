@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
-# Strategies the trainer knows. The ones in `_PLANNED` are named by the paper's baselines but not built yet; they
-# fail at configuration time with a clear message instead of half-running.
+# Strategies the trainer knows. A name added here before it is built goes into `_PLANNED`, so it fails at
+# configuration time with a clear message instead of half-running.
 STRATEGIES = ("mars", "mars_nosem", "uniform", "adaboost", "won", "none")
-_PLANNED = ("adaboost", "won")
+_PLANNED: tuple[str, ...] = ()
+WON_GENERATORS = ("paraphrase", "causal_lm", "chat")
 PARAPHRASERS = ("lexical", "seq2seq", "chat")
 REFINERS = ("none", "chat")
 MARGIN_MODES = ("signed", "absolute")
@@ -33,6 +34,9 @@ MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "MARS: strategy and allocation": (
         "mars_strategy", "mars_tau", "mars_budget_ratio", "mars_margin_mode", "mars_margin_scale",
         "mars_max_budget_share", "mars_budget_rounding",
+    ),
+    "MARS: baselines (adaboost, won)": (
+        "mars_adaboost_beta", "mars_won_generator", "mars_won_candidates", "mars_won_model",
     ),
     "MARS: schedule and scoring": (
         "mars_rounds", "mars_warmup_epochs", "mars_scoring_batch_size", "mars_seed", "mars_truncation",
@@ -82,7 +86,9 @@ class MarsRewardConfig(RewardConfig):
         metadata={
             "help": "Augmentation strategy: 'mars' (margin allocation + semantic refinement), 'mars_nosem' (MARS "
             "without the semantic distance labels and refinement), 'uniform' (same generation, b_i = B/N), 'none' "
-            "(plain RewardTrainer). 'adaboost' and 'won' are planned baselines and not available yet.",
+            "(plain RewardTrainer). Baselines: 'adaboost' (no generation; per-example loss weights "
+            "exp(-beta * margin) from each round's margins) and 'won' (West-of-N: best vs worst of N scored "
+            "candidate responses per prompt).",
             "choices": list(STRATEGIES),
         },
     )
@@ -128,6 +134,36 @@ class MarsRewardConfig(RewardConfig):
             "method) or 'multinomial' (a seeded multinomial draw).",
             "choices": list(ROUNDINGS),
         },
+    )
+    # ----- baselines -----
+    mars_adaboost_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "'adaboost' only: loss weight w_i ~ exp(-beta * margin_i), normalised to mean 1, from each "
+            "round's margins. Our choice: 0.5, the paper's tau, so both baselines react to a margin alike; 0 is "
+            "plain training."
+        },
+    )
+    mars_won_generator: str = field(
+        default="paraphrase",
+        metadata={
+            "help": "'won' only: where candidate responses come from. 'paraphrase' (offline: the original chosen and "
+            "rejected responses plus their paraphrases from `mars_paraphraser`), 'causal_lm' (sampled from a causal "
+            "LM, `mars_won_model`), 'chat' (an OpenAI-compatible endpoint, `mars_won_model` or `mars_chat_model`).",
+            "choices": list(WON_GENERATORS),
+        },
+    )
+    mars_won_candidates: int = field(
+        default=4,
+        metadata={
+            "help": "'won' only: N, candidates per West-of-N draw. A prompt with budget b_i gets b_i draws of N "
+            "candidates each (disjoint), each giving one best-vs-worst pair."
+        },
+    )
+    mars_won_model: str | None = field(
+        default=None,
+        metadata={"help": "'won' only: the generator's model (a Hub id or local path for 'causal_lm', a chat model "
+                  "name for 'chat')."},
     )
     mars_rounds: int | None = field(
         default=None,
@@ -285,10 +321,11 @@ class MarsRewardConfig(RewardConfig):
                 raise ValueError(f"`{name}={value!r}` is not one of {list(allowed)}. Set `--{name}` to one of them.")
 
         choice("mars_strategy", STRATEGIES)
+        choice("mars_won_generator", WON_GENERATORS)
         if self.mars_strategy in _PLANNED:
             raise ValueError(
                 f"`mars_strategy={self.mars_strategy!r}` is a planned baseline that this version does not implement "
-                "yet. Use one of 'mars', 'mars_nosem', 'uniform' or 'none'."
+                "yet. Use one of " + ", ".join(repr(s) for s in STRATEGIES if s not in _PLANNED) + "."
             )
         choice("mars_margin_mode", MARGIN_MODES)
         choice("mars_margin_scale", MARGIN_SCALES)
@@ -307,6 +344,16 @@ class MarsRewardConfig(RewardConfig):
         choice("mars_harm_check", HARM_CHECKS)
         if not (isinstance(self.mars_tau, (int, float)) and math.isfinite(self.mars_tau) and self.mars_tau > 0):
             raise ValueError(f"`mars_tau` must be a finite number > 0, got {self.mars_tau!r}. The paper uses 0.5.")
+        if not (isinstance(self.mars_adaboost_beta, (int, float)) and math.isfinite(self.mars_adaboost_beta)
+                and self.mars_adaboost_beta >= 0):
+            raise ValueError(f"`mars_adaboost_beta` must be a finite number >= 0, got {self.mars_adaboost_beta!r}. "
+                             "0.5 is our default; 0 gives plain training.")
+        if self.mars_won_candidates < 2:
+            raise ValueError(f"`mars_won_candidates` must be >= 2 (best vs worst needs two candidates), got "
+                             f"{self.mars_won_candidates}.")
+        if self.mars_strategy == "won" and self.mars_won_generator == "causal_lm" and not self.mars_won_model:
+            raise ValueError("`mars_won_generator='causal_lm'` needs `mars_won_model` (a Hub id or local path of a "
+                             "causal LM that writes the candidate responses).")
         if not (math.isfinite(self.mars_budget_ratio) and self.mars_budget_ratio >= 0):
             raise ValueError(
                 f"`mars_budget_ratio` must be >= 0 (synthetic pairs per original pair per round), got "
@@ -328,7 +375,7 @@ class MarsRewardConfig(RewardConfig):
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.mars_chat_max_retries < 0 or self.mars_chat_timeout <= 0:
             raise ValueError("`mars_chat_max_retries` must be >= 0 and `mars_chat_timeout` > 0.")
-        if self.mars_strategy in ("mars", "mars_nosem", "uniform") and self.max_steps > 0:
+        if self.mars_enabled and self.max_steps > 0:
             raise ValueError(
                 "MARS rounds are tied to epochs (one round per epoch); `max_steps` would cut the schedule at an "
                 "arbitrary point. Unset `max_steps` and use `num_train_epochs` (and `mars_rounds`)."
@@ -338,6 +385,12 @@ class MarsRewardConfig(RewardConfig):
     def mars_enabled(self) -> bool:
         """Whether rounds add synthetic pairs (every strategy except 'none')."""
         return self.mars_strategy != "none"
+
+    @property
+    def generates_with_paraphraser(self) -> bool:
+        """Whether rounds call the paraphrase back-end (AdaBoost generates nothing, West-of-N only for its pool)."""
+        return self.mars_strategy in ("mars", "mars_nosem", "uniform") or (
+            self.mars_strategy == "won" and self.mars_won_generator == "paraphrase")
 
     @property
     def uses_semantic_labels(self) -> bool:

@@ -98,6 +98,10 @@ def round_line(entry: dict[str, Any], train_pairs: int, seconds: float) -> str:
     moved = entry.get("budget_moved", 0)
     short = entry.get("pairs_short_of_budget", 0)
     notes = "".join([f", {moved} budget moved" if moved else "", f", {short} short of budget" if short else ""])
+    if "weights" in entry:  # adaboost: the round changes loss weights, not data
+        weights = entry["weights"]
+        notes += (f", loss weights {weights['min']:.2f}..{weights['max']:.2f} "
+                  f"(effective sample size {weights['effective_sample_size']:.0f})")
     return (f"[MARS] round {entry['round']} (epoch {entry['epoch']}): train margin mean {margin['mean']:+.3f}, "
             f"{margin['fraction_negative']:.0%} mis-ranked, allocation entropy {entry['allocation_entropy']:.2f}/"
             f"{entry['allocation_entropy_uniform']:.2f}, +{entry['synthetic_pairs_added']} synthetic pairs{notes} "

@@ -158,6 +158,14 @@ def check_models(model: Any, args: MarsRewardConfig, *, paraphraser=None, embedd
             fix=f"Set `mars_embedding_model='{PACKAGED_MINILM}'` (--mars_embedding_model {PACKAGED_MINILM}) for the "
                 "offline encoder that ships with trl-mars, or a local sentence-transformers folder.",
         )
+    if args.mars_strategy == "won" and args.mars_won_generator == "causal_lm":
+        check_pretrained(args.mars_won_model, setting="mars_won_model",
+                         fix="Give a local folder of a causal LM to write West-of-N candidates, or set "
+                             "`mars_won_generator='paraphrase'` (offline, no model).")
+    if args.mars_strategy == "won" and args.mars_won_generator == "chat":
+        check_chat_key(args, "mars_won_generator='chat'")
+    if not args.generates_with_paraphraser:
+        return
     if paraphraser is None and args.mars_paraphraser == "seq2seq":
         check_pretrained(
             args.mars_paraphraser_model or DEFAULT_SEQ2SEQ_PARAPHRASER, setting="mars_paraphraser_model",

@@ -7,6 +7,8 @@ How it fits into `transformers.Trainer`:
 - `trl_mars.loop.GrowingDatasetLoop` is the one small adapter onto Trainer internals a growing dataset needs (the
   epoch's dataloader and step counts, the run's total steps, resuming into epochs of different lengths); the callback
   checks that the rounds and steps that ran match the plan.
+- `trl_mars.adaboost.WeightedLossMixin` overrides `compute_loss` (as TRL's RewardTrainer itself does) to weight
+  each pair's loss for `mars_strategy="adaboost"`; for every other strategy it is TRL's loss unchanged.
 - This class adds what is specific to the data: validation before the model loads, encoder tokenizers without an
   EOS token and keep-the-end truncation in `_prepare_dataset` (TRL crashes on the former and drops long examples),
   and tokenising a round's synthetic pairs once per distinct text (`trl_mars.tokenization`).
@@ -21,6 +23,7 @@ from datasets import Dataset, IterableDataset
 from trl import RewardTrainer
 from trl.trainer.utils import get_config_model_id
 
+from .adaboost import WeightedLossMixin
 from .callback import MarsAugmentationCallback
 from .config import MarsRewardConfig
 from .data import (
@@ -40,7 +43,7 @@ logger = logging.getLogger("trl_mars")
 _KEEP_COLUMNS = ("chosen_ids", "rejected_ids", "margin", "source_index")
 
 
-class MarsRewardTrainer(GrowingDatasetLoop, RewardTrainer):
+class MarsRewardTrainer(GrowingDatasetLoop, WeightedLossMixin, RewardTrainer):
     """Drop-in replacement for `trl.RewardTrainer` that trains with MARS augmentation rounds.
 
     Takes the same arguments as `RewardTrainer` (model id or module, `args`, datasets, `processing_class`,

@@ -1,0 +1,103 @@
+"""The AdaBoost baseline: weights against hand-computed values, the weighted loss on a hand-made batch, and real
+MiniLM training runs in which the logged loss is the weighted loss of the round's own margins and weights."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import mars_args, tiny_rows
+from datasets import Dataset
+from trl import RewardTrainer
+
+from trl_mars import MarsAugmentationCallback
+from trl_mars.adaboost import SourceIndexCollator, adaboost_round, weighted_bradley_terry_loss
+from trl_mars.allocation import adaboost_weights
+from trl_mars.rounds import RoundInputs
+from trl_mars.trainer import MarsRewardTrainer
+
+
+def test_weights_match_hand_computed_values():
+    raw = [math.exp(0.5), 1.0, math.exp(-1.0)]  # exp(-0.5 * m) for m = -1, 0, 2
+    expected = [3 * r / sum(raw) for r in raw]
+    np.testing.assert_allclose(adaboost_weights([-1.0, 0.0, 2.0], 0.5), expected, rtol=1e-12)
+    np.testing.assert_allclose(adaboost_weights([-1.0, 0.0, 2.0], 0.0), [1.0, 1.0, 1.0])
+
+
+def test_weighted_loss_matches_hand_computed_value():
+    chosen, rejected = torch.tensor([1.0, 0.0, -2.0]), torch.tensor([0.0, 0.5, 1.0])
+    weights = torch.tensor([2.0, 0.5, 0.5])
+    expected = (2.0 * math.log1p(math.exp(-1.0)) + 0.5 * math.log1p(math.exp(0.5))
+                + 0.5 * math.log1p(math.exp(3.0))) / 3
+    assert weighted_bradley_terry_loss(chosen, rejected, weights).item() == pytest.approx(expected, rel=1e-6)
+    # with all weights 1 it is TRL's loss; a margin term is subtracted as TRL does
+    plain = -torch.nn.functional.logsigmoid(chosen - rejected - 0.25).mean()
+    assert weighted_bradley_terry_loss(chosen, rejected, torch.ones(3), torch.full((3,), 0.25)).item() == \
+        pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_round_evidence_has_a_weight_per_tuple_and_no_rows():
+    inputs = RoundInputs(round_index=2, originals=tiny_rows(3), margins=np.array([-1.0, 0.0, 2.0]), paraphraser=None)
+    result, weights = adaboost_round(inputs, beta=0.5)
+    assert result.synthetic_rows == []
+    assert [row["weight"] for row in result.allocation_rows] == pytest.approx(list(weights))
+    assert [row["index"] for row in result.allocation_rows] == [0, 1, 2]
+    assert result.summary["synthetic_pairs_added"] == 0
+    assert result.summary["weights"]["mean"] == pytest.approx(1.0)
+    assert result.summary["weights"]["max"] == pytest.approx(3 * math.exp(0.5) / (math.exp(0.5) + 1 + math.exp(-1)))
+
+
+def test_collator_carries_source_index():
+    collator = SourceIndexCollator(lambda examples: {"n": len(examples)})
+    batch = collator([{"chosen_ids": [1], "source_index": 4}, {"chosen_ids": [2], "source_index": 1}])
+    assert batch["source_index"].tolist() == [4, 1] and batch["n"] == 2
+
+
+def _expected_loss(output_dir) -> tuple[float, float, list[float]]:
+    rows = [json.loads(line) for line in (output_dir / "mars" / "round_1" / "allocation.jsonl").read_text()
+            .splitlines()]
+    margins = np.array([row["margin"] for row in rows])
+    weights = np.array([row["weight"] for row in rows])
+    per_pair = np.log1p(np.exp(-margins))  # -log sigmoid(margin)
+    return float(np.mean(weights * per_pair)), float(np.mean(per_pair)), weights.tolist()
+
+
+class PlainSubclass(RewardTrainer):
+    """A user's own RewardTrainer: AdaBoost must reach its loss through the callback alone."""
+
+
+@pytest.mark.parametrize("trainer_kind", ["mars", "plain"])
+def test_weights_reach_the_loss_in_a_real_run(tmp_path, minilm_path, trainer_kind):
+    """One epoch, one batch of all 8 pairs: the logged loss of step 1 is computed by the model that scored round
+    1's margins (r^0), so it must equal mean(w_i * -log sigmoid(margin_i)) from the round's own evidence."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=1)
+    with torch.no_grad():  # a head far from zero, so the pairs' margins (and losses) differ visibly
+        model.classifier.weight.normal_(0, 0.5)
+    args = mars_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=8, mars_strategy="adaboost",
+                     mars_adaboost_beta=10.0, **({"eos_token": "[SEP]"} if trainer_kind == "plain" else {}))
+    data = Dataset.from_list(tiny_rows(8))
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    if trainer_kind == "mars":
+        trainer = MarsRewardTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
+    else:
+        trainer = PlainSubclass(model, args=args, train_dataset=data, processing_class=tokenizer)
+        MarsAugmentationCallback().attach(trainer)
+        assert isinstance(trainer, PlainSubclass)
+    trainer.train()
+    weighted, unweighted, weights = _expected_loss(tmp_path)
+    logged = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    assert max(weights) > 2.0  # beta 10 on margins of a few tenths makes the weights uneven, so weighted and unweighted losses differ
+    assert abs(weighted - unweighted) > 0.02
+    assert logged == pytest.approx(weighted, rel=1e-4)
+    assert logged != pytest.approx(unweighted, rel=1e-4)
+    assert len(trainer.train_dataset) == 8  # no synthetic rows
+    summary = json.loads((tmp_path / "mars" / "summary.json").read_text())
+    assert summary["rounds"][0]["weights"]["mean"] == pytest.approx(1.0)
+    assert summary["rounds"][0]["synthetic_pairs_added"] == 0
+    assert (tmp_path / "mars" / "round_1" / "synthetic.jsonl").read_text() == ""

@@ -1,0 +1,137 @@
+"""The AdaBoost baseline (`mars_strategy="adaboost"`): no generation, per-example loss weights instead.
+
+Each round scores the original pairs with r^{t-1}, exactly as MARS does, and turns the margins into loss weights
+w_i proportional to exp(-beta * Delta_i), normalised to mean 1 (`allocation.adaboost_weights`); epoch t then
+minimises (1/|batch|) sum_i w_i * -log sigmoid(r(x_i, y_i+) - r(x_i, y_i-)). So where MARS adds pairs near the
+low-margin tuples, AdaBoost turns up their gradient. beta is ours to choose (`mars_adaboost_beta`, 0.5 by default,
+the paper's tau); the paper names the baseline without its settings.
+
+How the weights reach the loss, given that TRL drops every column its signature does not name and its collator
+keeps only the token ids (and `margin`): the weights live on the callback, indexed by the tuple, and each batch
+carries its rows' `source_index` (added to the signature columns and carried by `SourceIndexCollator`), which
+`WeightedLossMixin.compute_loss` turns into weights. Weights change every round without rebuilding the dataset.
+
+Our choices: the batch loss is the mean of w_i * loss_i (not divided by the batch's weight sum, which would cancel
+the weights in a batch of one and make the objective depend on how batches fall); weights apply to training
+batches only, never to evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .allocation import Allocation, adaboost_weights, allocation_entropy, margin_statistics
+from .rounds import RoundInputs, RoundResult
+
+SOURCE_INDEX = "source_index"
+
+
+def weighted_bradley_terry_loss(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, weights: torch.Tensor,
+                                margin: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_i w_i * -log sigmoid(r_i+ - r_i- - m_i): TRL's Bradley-Terry loss with one weight per pair."""
+    delta = rewards_chosen - rewards_rejected
+    if margin is not None:
+        delta = delta - margin
+    return (weights.to(delta.dtype) * -nn.functional.logsigmoid(delta)).mean()
+
+
+def weight_statistics(weights: Sequence[float]) -> dict[str, Any]:
+    """JSON-ready stats of a round's weights; `effective_sample_size` is (sum w)^2 / sum w^2 (N when all equal)."""
+    w = np.asarray(weights, dtype=np.float64)
+    return {"n": int(w.size), "mean": float(w.mean()), "std": float(w.std()), "min": float(w.min()),
+            "max": float(w.max()), "effective_sample_size": float(w.sum() ** 2 / np.sum(w ** 2))}
+
+
+def adaboost_round(inputs: RoundInputs, beta: float) -> tuple[RoundResult, np.ndarray]:
+    """The round's weights and evidence (one allocation row per tuple, no synthetic rows)."""
+    weights = adaboost_weights(inputs.margins, beta)
+    n = weights.size
+    margins = np.asarray(inputs.margins, dtype=np.float64)
+    zeros = np.zeros(n, dtype=np.int64)
+    allocation = Allocation(margins=margins, probs=weights / n, budgets=zeros, n_chosen=zeros, n_rejected=zeros)
+    rows = [{"index": i, "margin": float(margins[i]), "weight": float(weights[i]), "pairs_added": 0}
+            for i in range(n)]
+    summary = {
+        "round": inputs.round_index,
+        "num_original_pairs": n,
+        "margin": margin_statistics(margins),
+        # entropy of w / N: ln N when all weights are 1, lower as the weights concentrate
+        "allocation_entropy": allocation_entropy(weights / n),
+        "allocation_entropy_uniform": float(np.log(n)),
+        "budget": 0,
+        "synthetic_pairs_added": 0,
+        "pairs_short_of_budget": 0,
+        "adaboost_beta": float(beta),
+        "weights": weight_statistics(weights),
+    }
+    return RoundResult(round=inputs.round_index, allocation=allocation, allocation_rows=rows, synthetic_rows=[],
+                       summary=summary, timings=inputs.timings), weights
+
+
+class SourceIndexCollator:
+    """Wraps a preference collator and adds the batch's `source_index` (TRL's collator keeps only ids and margin)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        if examples and SOURCE_INDEX in examples[0]:
+            batch[SOURCE_INDEX] = torch.tensor([int(e[SOURCE_INDEX]) for e in examples], dtype=torch.long)
+        return batch
+
+
+class WeightedLossMixin:
+    """`compute_loss` with per-example weights for a `trl.RewardTrainer` subclass (mixed in by the callback).
+
+    TRL's `RewardTrainer` overrides `compute_loss` itself; this override adds the weights and nothing else: TRL's
+    own `compute_loss` runs the forward pass and records its metrics (accuracy, margin, rewards, tokens), and the
+    loss returned is recomputed from the same logits with the weights. Without weights (any strategy but
+    'adaboost', or evaluation) it is TRL's `compute_loss` unchanged.
+    """
+
+    _mars_callback = None
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self._mars_example_weights() is not None and SOURCE_INDEX not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, SOURCE_INDEX]
+
+    def _mars_example_weights(self) -> torch.Tensor | None:
+        callback = self._mars_callback
+        return None if callback is None else getattr(callback, "example_weights", None)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, weighted per pair by the current AdaBoost weights in training (see the class docstring)."""
+        indices = inputs.pop(SOURCE_INDEX, None)
+        weights = self._mars_example_weights()
+        if indices is None or weights is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        batch_weights = weights.to(rewards_chosen.device)[indices.to(rewards_chosen.device)]
+        loss = weighted_bradley_terry_loss(rewards_chosen, rewards_rejected, batch_weights, inputs.get("margin"))
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
+        return (loss, outputs) if return_outputs else loss
+
+
+def with_weighted_loss(trainer_class: type) -> type:
+    """`trainer_class` with `WeightedLossMixin` mixed in (the class itself when it already has it)."""
+    if issubclass(trainer_class, WeightedLossMixin):
+        return trainer_class
+    cached = _MIXED.get(trainer_class)
+    if cached is None:
+        cached = _MIXED[trainer_class] = type(trainer_class.__name__, (WeightedLossMixin, trainer_class),
+                                              {"__module__": trainer_class.__module__,
+                                               "__doc__": trainer_class.__doc__})
+    return cached
+
+
+_MIXED: dict[type, type] = {}
