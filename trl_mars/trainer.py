@@ -105,12 +105,13 @@ class MarsRewardTrainer(GrowingDatasetLoop, WeightedLossMixin, RewardTrainer):
             # Extract implicit prompts once: the parent tokenises this explicit-prompt copy, and rounds read its text.
             train_dataset = originals_text = to_explicit_prompt(train_dataset)
             self._mars_validated.add(train_dataset._fingerprint)
-            # Back-ends are built (and endpoints checked) now, on every rank: a missing key fails before the model
-            # loads, and every rank generates its share of each round's texts.
-            callback.build_backends(args)
         # Every rank: models and endpoints checked before any load; CPU/PEFT/console start-up adjustments.
         peft_config = prepare_start(model, args, peft_config, paraphraser=paraphraser, embedder=embedder,
                                     refiner=refiner)
+        if args.mars_enabled:
+            # Back-ends are built (and endpoints checked) now, on every rank: a missing key fails before the model
+            # loads, and every rank generates its share of each round's texts.
+            callback.build_backends(args)
 
         super().__init__(
             model=model,
