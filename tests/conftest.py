@@ -67,7 +67,7 @@ def mars_args(output_dir, **overrides):
         save_strategy="no",
         report_to="none",
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         mars_paraphraser="lexical",
         mars_embedding_model=PACKAGED_MINILM,
         mars_budget_ratio=1.0,
