@@ -81,7 +81,7 @@ def run_shape(shape: str, args, reward_dir: str) -> dict:
         output_dir=tempfile.mkdtemp(prefix=f"bench_align_{shape}_"), max_steps=args.steps,
         per_device_train_batch_size=args.batch_size, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, beta=0.02, epsilon=0.2, learning_rate=1e-5,
-        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, logging_steps=1, save_strategy="no",
+        bf16=args.bf16, activation_checkpointing=args.gradient_checkpointing, logging_steps=1, save_strategy="no",
         report_to="none", seed=0, use_cpu=not cuda,
     )
     peft_config = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05,

@@ -39,7 +39,7 @@ def bench_scoring(model_path: str, pairs, max_length: int, batch_size: int, repe
 
     with tempfile.TemporaryDirectory() as tmp:
         args = MarsRewardConfig(output_dir=tmp, mars_strategy="none", max_length=max_length, report_to="none",
-                                bf16=False, per_device_eval_batch_size=8, gradient_checkpointing=False)
+                                bf16=False, per_device_eval_batch_size=8, activation_checkpointing=False)
         trainer = MarsRewardTrainer(model_path, args=args, train_dataset=pairs, eval_dataset=pairs)
         prepared = trainer.eval_dataset
         n = len(prepared)
@@ -79,7 +79,7 @@ def bench_round_overhead(model_path: str, pairs, max_length: int, ratio: float, 
         args = MarsRewardConfig(output_dir=tmp, mars_strategy=strategy, mars_budget_ratio=ratio,
                                 mars_paraphraser="lexical", mars_embedding_model=PACKAGED_MINILM,
                                 max_length=max_length, num_train_epochs=1, per_device_train_batch_size=16,
-                                report_to="none", bf16=False, gradient_checkpointing=False, save_strategy="no",
+                                report_to="none", bf16=False, activation_checkpointing=False, save_strategy="no",
                                 logging_steps=50)
         trainer = MarsRewardTrainer(model_path, args=args, train_dataset=pairs)
         trainer.train()

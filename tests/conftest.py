@@ -67,7 +67,7 @@ def mars_args(output_dir, **overrides):
         save_strategy="no",
         report_to="none",
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         mars_paraphraser="lexical",
         mars_embedding_model=PACKAGED_MINILM,
         mars_budget_ratio=1.0,
@@ -75,3 +75,16 @@ def mars_args(output_dir, **overrides):
     )
     kwargs.update(overrides)
     return MarsRewardConfig(**kwargs)
+
+
+class OneVariantParaphraser:
+    """A real back-end that can only ever produce one paraphrase per text (as a very short answer would), so rounds
+    come out short of budget."""
+
+    name = "one-variant"
+
+    def fingerprint(self):
+        return {"backend": self.name}
+
+    def paraphrase(self, texts, n):
+        return [[text + " (reworded)"] if n > 0 else [] for text in texts]

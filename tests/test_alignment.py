@@ -50,7 +50,7 @@ def tiny_run_args(assets, output_dir, trainer: str) -> list[str]:
         "--save_strategy", "no",
         "--logging_steps", "1",
         "--bf16", "false",
-        "--gradient_checkpointing", "false",
+        "--activation_checkpointing", "false",
         "--seed", "0",
     ]
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import mars_args
 from openai_server import TEST_KEY, TEST_KEY_ENV, openai_server  # noqa: F401 (fixture)
 
+from trl_mars.preflight import PreflightError
 from trl_mars.trainer import MarsRewardTrainer
 
 
@@ -62,18 +63,15 @@ def test_chat_refinement_round_and_zero_calls_on_rerun(tmp_path, minilm_path, ti
     assert read_jsonl(tmp_path / "run2" / "mars" / "round_1" / "synthetic.jsonl") == synthetic
 
 
-def test_missing_key_fails_before_the_model_loads(tmp_path, tiny_dataset, openai_server, monkeypatch, minilm_path):
-    # a model that exists: the start-up check of the model itself (which runs first) must pass, so the key is what
-    # fails, as the start-up check's PreflightError
-    from trl_mars.preflight import PreflightError
-
+def test_missing_key_fails_before_the_model_loads(tmp_path, minilm_path, tiny_dataset, openai_server, monkeypatch):
+    # a loadable model id, so that the start-up check that fails is the key's (a bad id is reported first)
     monkeypatch.delenv(TEST_KEY_ENV)
     with pytest.raises(PreflightError, match=TEST_KEY_ENV):
         MarsRewardTrainer(minilm_path, args=chat_args(tmp_path, openai_server, tmp_path / "cache"),
                           train_dataset=tiny_dataset)
 
 
-def test_unreachable_endpoint_fails_at_start_up(tmp_path, tiny_dataset, openai_server, minilm_path):
+def test_unreachable_endpoint_fails_at_start_up(tmp_path, minilm_path, tiny_dataset, openai_server):
     from openai_server import free_port
 
     class Dead:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import mars_args, tiny_rows
+from conftest import OneVariantParaphraser, mars_args, tiny_rows
 from datasets import Dataset
 from transformers import Trainer
 from trl import RewardTrainer
@@ -14,18 +14,6 @@ from trl import RewardTrainer
 from trl_mars import MarsAugmentationCallback
 from trl_mars.callback import RoundPlanError, _QuietProgressCallback
 from trl_mars.trainer import MarsRewardTrainer
-
-
-class OneVariantParaphraser:
-    """A real back-end that can only produce one paraphrase per text, so rounds come out short of budget."""
-
-    name = "one-variant"
-
-    def fingerprint(self):
-        return {"backend": self.name}
-
-    def paraphrase(self, texts, n):
-        return [[text + " Indeed."] if n > 0 else [] for text in texts]
 
 
 def test_plain_reward_trainer_subclass_runs_rounds_with_the_callback(tmp_path, minilm_path):

@@ -36,7 +36,7 @@ def _args(tmp_path, **overrides):
                                eval_fraction=0.25)
     training = dict(output_dir=str(tmp_path / "grid"), num_train_epochs=1, per_device_train_batch_size=8,
                     learning_rate=5e-5, max_length=48, save_strategy="no", report_to="none", bf16=False,
-                    gradient_checkpointing=False, mars_paraphraser="lexical", mars_embedding_model=PACKAGED_MINILM,
+                    activation_checkpointing=False, mars_paraphraser="lexical", mars_embedding_model=PACKAGED_MINILM,
                     disable_tqdm=True)
     training.update(overrides)
     return compare, MarsRewardConfig(**training), ModelConfig(model_name_or_path=PACKAGED_MINILM)

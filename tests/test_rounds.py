@@ -5,23 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from conftest import tiny_rows
+from conftest import OneVariantParaphraser, tiny_rows
 
 from trl_mars.augment.base import RefinementResult
 from trl_mars.augment.lexical import LexicalParaphraser
 from trl_mars.rounds import RoundInputs, pair_key, run_round
-
-
-class OneVariantParaphraser:
-    """A back-end that can only ever produce one paraphrase per text (as a very short answer would)."""
-
-    name = "one-variant"
-
-    def fingerprint(self):
-        return {"backend": self.name}
-
-    def paraphrase(self, texts, n):
-        return [[text + " (reworded)"] if n > 0 else [] for text in texts]
 
 
 class SuffixRefiner:

@@ -226,20 +226,3 @@ def test_embedder_takes_a_path_model_id(minilm_path):
     assert embedder.fingerprint() == {"embedder": minilm_path, "version": 1}
     emb = embedder.encode(["A path works as a model id."])
     assert emb.shape == (1, 384)
-
-
-def test_factory_checks_the_models_the_config_needs(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from trl_mars.augment.factory import check_augmentation_models
-    from trl_mars.config import MarsRewardConfig
-
-    def config(**kwargs):
-        return MarsRewardConfig(output_dir=str(tmp_path), report_to=[], **kwargs)
-
-    check_augmentation_models(config(mars_embedding_model=PACKAGED_MINILM))
-    check_augmentation_models(config(mars_strategy="uniform", mars_embedding_model="org/never-used"))  # not needed
-    with pytest.raises(ModelSourceError, match="mars_embedding_model"):
-        check_augmentation_models(config(mars_embedding_model="org/not-cached"))
-    with pytest.raises(ModelSourceError, match="mars_paraphraser_model"):
-        check_augmentation_models(config(mars_embedding_model=PACKAGED_MINILM, mars_paraphraser="seq2seq",
-                                         mars_paraphraser_model="org/not-cached-t5"))

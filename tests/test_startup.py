@@ -15,7 +15,8 @@ import torch
 from conftest import mars_args, tiny_rows
 
 from trl_mars import MarsRewardTrainer
-from trl_mars.config import PACKAGED_MINILM
+from trl_mars.augment.model_source import ModelSourceError
+from trl_mars.config import PACKAGED_MINILM, MarsRewardConfig
 from trl_mars.preflight import PreflightError, check_models, check_pretrained, reward_peft_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,38 @@ def test_every_model_the_run_needs_is_checked(tmp_path, minilm_path, monkeypatch
     # injected back-ends are the caller's business; strategy 'none' needs no embedder
     check_models(minilm_path, mars_args(tmp_path, mars_embedding_model=UNCACHED_HUB_ID), embedder=object())
     check_models(minilm_path, mars_args(tmp_path, mars_embedding_model=UNCACHED_HUB_ID, mars_strategy="none"))
+
+
+def test_only_the_models_the_config_needs_are_checked(tmp_path, minilm_path, monkeypatch):
+    # (was the factory's own check; `check_models` is now the one entry point)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def config(**kwargs):
+        return MarsRewardConfig(output_dir=str(tmp_path), report_to=[], **kwargs)
+
+    check_models(minilm_path, config(mars_embedding_model=PACKAGED_MINILM))
+    check_models(minilm_path, config(mars_strategy="uniform", mars_embedding_model="org/never-used"))  # not needed
+    with pytest.raises(ModelSourceError, match="mars_embedding_model"):
+        check_models(minilm_path, config(mars_embedding_model="org/not-cached"))
+    with pytest.raises(ModelSourceError, match="mars_paraphraser_model"):
+        check_models(minilm_path, config(mars_embedding_model=PACKAGED_MINILM, mars_paraphraser="seq2seq",
+                                         mars_paraphraser_model="org/not-cached-t5"))
+
+
+def test_a_model_error_is_one_clean_line(capsys, monkeypatch):
+    # the back-ends' model check and the trainer's start-up check raise one type, which the recipes print as one line
+    from trl_mars.augment.embedding import check_embedding_model
+    from trl_mars.cli import EXIT_SETUP_ERROR, TRACEBACK_ENV, exit_on_setup_error
+
+    assert PreflightError is ModelSourceError and issubclass(ModelSourceError, ValueError)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info, exit_on_setup_error():
+        check_embedding_model(UNCACHED_HUB_ID)
+    assert exit_info.value.code == EXIT_SETUP_ERROR
+    first_line = capsys.readouterr().err.splitlines()[0]
+    assert first_line.startswith(f"[MARS] error: `mars_embedding_model='{UNCACHED_HUB_ID}'`")
+    assert PACKAGED_MINILM in first_line
 
 
 def test_local_folders_are_checked_for_a_saved_model(tmp_path, minilm_path):

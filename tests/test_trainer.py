@@ -30,7 +30,7 @@ def test_none_strategy_matches_reward_trainer(tmp_path, minilm_path, tiny_datase
 
     common = dict(per_device_train_batch_size=4, per_device_eval_batch_size=8, num_train_epochs=2,
                   learning_rate=5e-5, max_length=64, logging_steps=1, save_strategy="no", report_to="none",
-                  bf16=False, gradient_checkpointing=False, seed=0, eos_token="[SEP]")
+                  bf16=False, activation_checkpointing=False, seed=0, eos_token="[SEP]")
     reference = RewardTrainer(minilm_path, args=RewardConfig(output_dir=str(tmp_path / "trl"), **common),
                               train_dataset=tiny_dataset, eval_dataset=tiny_eval_dataset)
     reference.train()

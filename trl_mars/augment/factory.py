@@ -95,17 +95,3 @@ def build_refiner(
     harm_check = judge.is_harmful if args.mars_harm_check == "judge" else None
     return ChatRefiner(client, embedder, label_check, harm_check, max_attempts=args.mars_refiner_max_attempts)
 
-
-def check_augmentation_models(args: MarsRewardConfig) -> None:
-    """Checks, in seconds and without loading anything, that every local model the configured back-ends will need
-    can load here: the embedder (when semantic labels are used) and the seq2seq paraphraser. Raises
-    `ModelSourceError` with the fix in the message. Call it at start-up, on every rank, before the reward model
-    loads. (The chat endpoint is checked when its client is built: `build_chat_client`.)"""
-    if args.uses_semantic_labels:
-        from .embedding import check_embedding_model
-
-        check_embedding_model(args.mars_embedding_model)
-    if args.mars_paraphraser == "seq2seq":
-        from .seq2seq import check_seq2seq_model
-
-        check_seq2seq_model(args.mars_paraphraser_model or DEFAULT_SEQ2SEQ_PARAPHRASER)
