@@ -47,7 +47,8 @@ def test_none_strategy_matches_reward_trainer(tmp_path, minilm_path, tiny_datase
 
 
 def test_mars_rounds_leave_evidence(tmp_path, minilm_path, tiny_dataset, tiny_eval_dataset):
-    args = mars_args(tmp_path, mars_strategy="mars", num_train_epochs=2, mars_budget_ratio=2.0)
+    args = mars_args(tmp_path, mars_strategy="mars", num_train_epochs=2, mars_budget_ratio=2.0,
+                     mars_margin_mode="signed")
     trainer = MarsRewardTrainer(minilm_path, args=args, train_dataset=tiny_dataset, eval_dataset=tiny_eval_dataset)
     trainer.train()
     n, budget = 16, 32
