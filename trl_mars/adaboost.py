@@ -124,14 +124,6 @@ class WeightedLossMixin:
 
 def with_weighted_loss(trainer_class: type) -> type:
     """`trainer_class` with `WeightedLossMixin` mixed in (the class itself when it already has it)."""
-    if issubclass(trainer_class, WeightedLossMixin):
-        return trainer_class
-    cached = _MIXED.get(trainer_class)
-    if cached is None:
-        cached = _MIXED[trainer_class] = type(trainer_class.__name__, (WeightedLossMixin, trainer_class),
-                                              {"__module__": trainer_class.__module__,
-                                               "__doc__": trainer_class.__doc__})
-    return cached
+    from .loop import mix_in
 
-
-_MIXED: dict[type, type] = {}
+    return mix_in(WeightedLossMixin, trainer_class)

@@ -138,18 +138,24 @@ class GrowingDatasetLoop:
         self.callback_handler.lr_scheduler = new
 
 
+def mix_in(mixin: type, trainer_class: type) -> type:
+    """`trainer_class` with `mixin` in front of it (the class itself when it already has it).
+
+    One subclass per (mixin, class) pair, cached, so trainers of the same class share it and keep their name."""
+    if issubclass(trainer_class, mixin):
+        return trainer_class
+    key = (mixin, trainer_class)
+    if key not in _MIXED:
+        _MIXED[key] = type(trainer_class.__name__, (mixin, trainer_class),
+                           {"__module__": trainer_class.__module__, "__doc__": trainer_class.__doc__})
+    return _MIXED[key]
+
+
+_MIXED: dict[tuple[type, type], type] = {}
+
+
 def with_growing_dataset(trainer_class: type) -> type:
     """`trainer_class` with the loop adapter mixed in (the class itself when it already has it)."""
-    if issubclass(trainer_class, GrowingDatasetLoop):
-        return trainer_class
     if not issubclass(trainer_class, Trainer):
         raise TypeError(f"{trainer_class.__name__} is not a transformers.Trainer subclass.")
-    cached = _MIXED.get(trainer_class)
-    if cached is None:
-        cached = _MIXED[trainer_class] = type(trainer_class.__name__, (GrowingDatasetLoop, trainer_class),
-                                              {"__module__": trainer_class.__module__,
-                                               "__doc__": trainer_class.__doc__})
-    return cached
-
-
-_MIXED: dict[type, type] = {}
+    return mix_in(GrowingDatasetLoop, trainer_class)
