@@ -27,7 +27,7 @@ def test_every_mars_field_has_help_and_is_settable_from_yaml(tmp_path):
     for f in mars_fields:
         assert len(f.metadata.get("help", "")) > 20, f"{f.name} has no help text"
     overrides = {"output_dir": str(tmp_path), "bf16": False, "mars_tau": 1.25, "mars_budget_ratio": 3.0,
-                 "mars_margin_mode": "signed", "mars_budget_rounding": "multinomial", "mars_rounds": 2,
+                 "mars_margin_mode": "absolute", "mars_budget_rounding": "multinomial", "mars_rounds": 2,
                  "mars_warmup_epochs": 1, "mars_paraphraser": "seq2seq", "mars_paraphrase_prompts": True,
                  "mars_num_beams": 6, "mars_refiner": "chat", "mars_label_check": "judge", "mars_harm_check": "none",
                  "mars_chat_base_url": "http://127.0.0.1:9/v1", "mars_cache_dir": str(tmp_path / "cache"),

@@ -103,12 +103,11 @@ class MarsRewardConfig(RewardConfig):
         },
     )
     mars_margin_mode: str = field(
-        default="absolute",
+        default="signed",
         metadata={
-            "help": "'absolute' uses -tau * |margin| (paper v1: the budget goes to pairs near the decision boundary, "
-            "where the Bradley-Terry loss has the most curvature); 'signed' uses -tau * margin (paper v2: mis-ranked "
-            "pairs get the most). Default 'absolute': on real human labels 'signed' lost to it and to plain training "
-            "(README, 'How well it works'), since the pairs a trained model mis-ranks most are often mislabelled.",
+            "help": "'signed' uses -tau * margin (paper v2: mis-ranked pairs get the most budget); 'absolute' uses "
+            "-tau * |margin| (paper v1: pairs near the decision boundary get the most). Which wins on real labels "
+            "is not settled: see the README, 'How well it works'.",
             "choices": list(MARGIN_MODES),
         },
     )
