@@ -174,30 +174,13 @@ class ChatRefiner:
 
     def _check(self, candidates: list[tuple[_State, str, float]], side: str) -> None:
         """Label check, then harm check, on this attempt's distance gains; keeps the ones that pass both."""
-        answers = list(self.label_check([self._pair(s, side, t) for s, t, _ in candidates]))
-        if len(answers) != len(candidates):
-            raise RuntimeError(f"label_check returned {len(answers)} answers for {len(candidates)} triples")
-        survivors = []
-        for candidate, ok in zip(candidates, answers):
-            if ok is None:
-                candidate[0].check_failure = "failed"
-            elif not ok:
-                candidate[0].check_failure = "label_flipped"
-            else:
-                survivors.append(candidate)
+        triples = [self._pair(s, side, t) for s, t, _ in candidates]
+        survivors = _screen(candidates, self.label_check(triples), "label_flipped", "label_check", "triples")
         if self.harm_check is not None and survivors:
-            flags = list(self.harm_check([(s.request.prompt, t) for s, t, _ in survivors]))
-            if len(flags) != len(survivors):
-                raise RuntimeError(f"harm_check returned {len(flags)} answers for {len(survivors)} texts")
-            passed = []
-            for candidate, flag in zip(survivors, flags):
-                if flag is None:
-                    candidate[0].check_failure = "failed"
-                elif flag:
-                    candidate[0].check_failure = "harmful"
-                else:
-                    passed.append(candidate)
-            survivors = passed
+            flags = self.harm_check([(s.request.prompt, t) for s, t, _ in survivors])
+            # a harm flag fails the pair; None (no answer) stays None
+            survivors = _screen(survivors, [None if f is None else not f for f in flags], "harmful", "harm_check",
+                                "texts")
         for state, text, d_new in survivors:
             state.side, state.text, state.new_distance = side, text, d_new
 
@@ -268,6 +251,23 @@ class ChatRefiner:
         counts = Counter(res.reason for res in results)
         logger.info("refine[%s]: %d pairs, outcomes %s", self.name, len(results), dict(counts))
         return results
+
+
+def _screen(candidates: list, verdicts, failure: str, check: str, what: str) -> list:
+    """The candidates whose verdict passes; the others get `check_failure`: "failed" for no answer (None), else
+    `failure`. The check must answer once per candidate."""
+    verdicts = list(verdicts)
+    if len(verdicts) != len(candidates):
+        raise RuntimeError(f"{check} returned {len(verdicts)} answers for {len(candidates)} {what}")
+    kept = []
+    for candidate, verdict in zip(candidates, verdicts):
+        if verdict is None:
+            candidate[0].check_failure = "failed"
+        elif verdict:
+            kept.append(candidate)
+        else:
+            candidate[0].check_failure = failure
+    return kept
 
 
 def _same(a: str, b: str) -> bool:
