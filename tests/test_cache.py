@@ -157,6 +157,29 @@ def test_several_processes_share_one_cache_file(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def _open_at_once(directory: str, barrier) -> None:
+    barrier.wait()  # every process opens the same new file in the same instant, as the ranks of a launch do
+    cache = AugmentationCache(directory)
+    cache.put_many({"op": "test"}, {str(os.getpid()): 1})
+    cache.close()
+
+
+def test_processes_opening_a_new_cache_file_together_all_succeed(tmp_path):
+    # Switching a new file to WAL takes an exclusive lock that SQLite does not wait for: without a retry, one rank of
+    # a 2-process launch failed with "database is locked" about one run in three.
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    for attempt in range(20):
+        directory = tmp_path / str(attempt)
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=_open_at_once, args=(str(directory), barrier)) for _ in range(6)]
+        for p in workers:
+            p.start()
+        for p in workers:
+            p.join(timeout=60)
+        assert [p.exitcode for p in workers] == [0] * 6
+        assert len(AugmentationCache(directory)) == 6
+
+
 # ----- SIGKILL in the middle of a run, then resume ------------------------------------------------------------------
 
 _CHILD = r"""

@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,20 @@ def _digest(namespace: Mapping[str, Any], key: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def _retry_while_locked(statement, seconds: float = 60.0):
+    """Runs `statement`, retrying for up to `seconds` while another connection holds the lock it needs."""
+    deadline = time.monotonic() + seconds
+    pause = 0.01
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
 class AugmentationCache:
     """A key-value store for back-end answers, safe across threads and processes."""
 
@@ -35,11 +50,13 @@ class AugmentationCache:
         self.path = self.directory / CACHE_FILENAME
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once,
+        # without the busy timeout, when another process (a second rank) opens the same new file at that moment.
+        _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
+        _retry_while_locked(lambda: self._conn.execute(
             "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, namespace TEXT NOT NULL, value TEXT NOT NULL)"
-        )
+        ))
         self.hits = 0
         self.misses = 0
 
