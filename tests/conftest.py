@@ -71,6 +71,9 @@ def mars_args(output_dir, **overrides):
         mars_paraphraser="lexical",
         mars_embedding_model=PACKAGED_MINILM,
         mars_budget_ratio=1.0,
+        # the paper's schedule (a round at every epoch, each epoch on all of D^t): what most tests check
+        mars_warmup_epochs=0,
+        mars_epoch_size="grown",
         seed=0,
     )
     kwargs.update(overrides)

@@ -32,7 +32,8 @@ def _args(tmp_path, **overrides):
     from trl_mars.config import PACKAGED_MINILM
 
     compare = CompareArguments(datasets=[_grid_data(tmp_path / "pairs.jsonl")], strategies=["none"], seeds=[1, 2],
-                               variants={"uniform_half": {"mars_strategy": "uniform", "mars_budget_ratio": 0.5}},
+                               variants={"uniform_half": {"mars_strategy": "uniform", "mars_budget_ratio": 0.5,
+                                                         "mars_warmup_epochs": 0}},  # a round in 1 epoch
                                eval_fraction=0.25)
     training = dict(output_dir=str(tmp_path / "grid"), num_train_epochs=1, per_device_train_batch_size=8,
                     learning_rate=5e-5, max_length=48, save_strategy="no", report_to="none", bf16=False,

@@ -52,7 +52,7 @@ def test_recipe_runs_with_yaml_and_cli_overrides(tmp_path):
     }))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "recipes" / "mars_rm.py"), "--config", str(config),
-               "--num_train_epochs", "1", "--mars_tau", "1.0"]
+               "--num_train_epochs", "1", "--mars_tau", "1.0", "--mars_warmup_epochs", "0"]  # a round in 1 epoch
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr

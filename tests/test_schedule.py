@@ -51,3 +51,11 @@ def test_rounds_due():
     schedule = plan(round_epochs=(1, 2))
     assert [schedule.rounds_due(e) for e in range(3)] == [[], [1], [2]]
     assert schedule.num_rounds == 2 and schedule.samples() == 16 + 32 + 48
+
+
+def test_pairs_per_epoch_caps_each_epoch_but_not_the_dataset():
+    schedule = plan(pairs_per_epoch=16)
+    assert schedule.dataset_sizes() == [32, 48, 64]
+    assert schedule.epoch_sizes() == [16, 16, 16]
+    assert schedule.max_steps() == 3 * 4 and schedule.samples() == 48
+    assert schedule.position(9) == (2, 1)

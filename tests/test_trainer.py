@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -106,6 +108,50 @@ def test_uniform_strategy_spreads_budget_evenly(tmp_path, minilm_path, tiny_data
     budgets = [row["budget"] for row in allocation]
     assert sum(budgets) == 40 and set(budgets) == {2, 3}
     assert all(row["semantic_label"] is None for row in allocation)  # only "mars" computes labels
+
+
+def test_original_epoch_size_keeps_plain_training_step_count(tmp_path, minilm_path, tiny_dataset):
+    """mars_epoch_size='original': D^t grows as usual, but each epoch draws 16 of its pairs, so 3 epochs of batch 4 take
+    12 steps (as plain training does) and the LR still ends at 0; a run resumed after epoch 1 ends at the same step."""
+    args = mars_args(tmp_path / "full", num_train_epochs=3, mars_strategy="mars_nosem", mars_epoch_size="original",
+                     save_strategy="epoch")
+    trainer = MarsRewardTrainer(minilm_path, args=args, train_dataset=tiny_dataset)
+    trainer.train()
+    added = trainer._mars_callback.added
+    assert sorted(added) == [1, 2, 3] and len(trainer.train_dataset) == 16 + sum(added.values()) > 16 + 40
+    assert trainer.state.global_step == trainer.state.max_steps == 3 * 16 // 4
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [int(p.name.split("-")[1]) for p in checkpoints] == [4, 8, 12]
+
+    resumed = MarsRewardTrainer(minilm_path, args=mars_args(tmp_path / "resumed", num_train_epochs=3,
+                                                            mars_strategy="mars_nosem", mars_epoch_size="original"),
+                                train_dataset=tiny_dataset)
+    resumed.train(resume_from_checkpoint=str(checkpoints[0]))
+    assert resumed.state.global_step == 12 and len(resumed.train_dataset) == len(trainer.train_dataset)
+
+
+def test_library_defaults_warm_up_one_epoch_and_keep_plain_training_step_count(tmp_path, minilm_path, tiny_dataset,
+                                                                                caplog):
+    defaults = {f.name: f.default for f in dataclasses.fields(MarsRewardConfig)
+                if f.name in ("mars_warmup_epochs", "mars_epoch_size")}
+    assert defaults == {"mars_warmup_epochs": 1, "mars_epoch_size": "original"}
+    trainer = MarsRewardTrainer(minilm_path, args=mars_args(tmp_path, num_train_epochs=2, **defaults),
+                                train_dataset=tiny_dataset)
+    trainer.train()
+    summary = json.loads((tmp_path / "mars" / "summary.json").read_text())
+    assert [(r["round"], r["epoch"]) for r in summary["rounds"]] == [(1, 2)]  # epoch 1 is plain training
+    assert trainer.state.global_step == trainer.state.max_steps == 2 * 16 // 4
+
+    with caplog.at_level(logging.WARNING, logger="trl_mars"):
+        MarsRewardTrainer(minilm_path, args=mars_args(tmp_path / "one", num_train_epochs=1, **defaults),
+                          train_dataset=tiny_dataset)
+    assert "no round will run" in caplog.text
+
+
+def test_original_epoch_size_refuses_a_non_random_sampler(tmp_path):
+    with pytest.raises(ValueError, match="train_sampling_strategy"):
+        mars_args(tmp_path, mars_epoch_size="original", train_sampling_strategy="group_by_length")
 
 
 def test_resume_lands_in_the_right_round(tmp_path, minilm_path, tiny_dataset):

@@ -147,7 +147,12 @@ class MarsAugmentationCallback(TrainerCallback):
             round_epochs=tuple(round_epochs(args.num_train_epochs, args.mars_warmup_epochs, args.mars_rounds)),
             budget=_budget(len(self.originals), args.mars_budget_ratio),
             pairs_per_batch=trainer._train_batch_size * world,
-            gradient_accumulation_steps=args.gradient_accumulation_steps, drop_last=args.dataloader_drop_last)
+            gradient_accumulation_steps=args.gradient_accumulation_steps, drop_last=args.dataloader_drop_last,
+            pairs_per_epoch=len(self.base_train) if args.mars_epoch_size == "original" else None)
+        if self.schedule.num_rounds == 0 and trainer.is_world_process_zero():
+            logger.warning("MARS: no round will run: %s epoch(s) with mars_warmup_epochs=%d leave no epoch for one. "
+                           "Train for more epochs or lower mars_warmup_epochs.", args.num_train_epochs,
+                           args.mars_warmup_epochs)
         if trainer.is_world_process_zero():
             logger.info("MARS: strategy=%s, %d original pairs, %d rounds at epochs %s, budget %d synthetic pairs "
                         "per round.", args.mars_strategy, len(self.originals), self.schedule.num_rounds,

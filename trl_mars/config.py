@@ -19,6 +19,7 @@ MARGIN_MODES = ("signed", "absolute")
 MARGIN_SCALES = ("none", "std")
 ROUNDINGS = ("largest_remainder", "multinomial")
 TRUNCATIONS = ("keep_end", "drop")
+EPOCH_SIZES = ("grown", "original")
 LABEL_CHECKS = ("reward_model", "judge")
 HARM_CHECKS = ("judge", "none")
 
@@ -39,7 +40,8 @@ MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
         "mars_adaboost_beta", "mars_won_generator", "mars_won_candidates", "mars_won_model",
     ),
     "MARS: schedule and scoring": (
-        "mars_rounds", "mars_warmup_epochs", "mars_scoring_batch_size", "mars_seed", "mars_truncation",
+        "mars_rounds", "mars_warmup_epochs", "mars_epoch_size", "mars_scoring_batch_size", "mars_seed",
+        "mars_truncation",
     ),
     "MARS: paraphrase back-end and embedder": (
         "mars_paraphraser", "mars_paraphraser_model", "mars_paraphrase_prompts", "mars_paraphraser_batch_size",
@@ -174,10 +176,21 @@ class MarsRewardConfig(RewardConfig):
         },
     )
     mars_warmup_epochs: int = field(
-        default=0,
+        default=1,
         metadata={
-            "help": "Epochs of plain training before the first round. The paper uses 0 (round 1 scores margins with "
-            "the initial model); a warm-up gives the first allocation a trained head to work with."
+            "help": "Epochs of plain training before the first round. 1 (our default) gives the first allocation a "
+            "trained head to score margins with; the paper uses 0 (round 1 scores margins with the initial model, whose "
+            "head is random, so its allocation is noise). See the README, 'How well it works'."
+        },
+    )
+    mars_epoch_size: str = field(
+        default="original",
+        metadata={
+            "help": "'grown' (the paper) trains each epoch on all of D^t, so every round makes the following epochs "
+            "longer (more optimizer steps on near-copies of the same labels); 'original' (our default) draws N pairs (the number of original pairs) from D^t without replacement each "
+            "epoch, so the run takes as many optimizer steps as plain training and the synthetic pairs change what "
+            "is trained on, not how long.",
+            "choices": list(EPOCH_SIZES),
         },
     )
     mars_scoring_batch_size: int = field(
@@ -341,6 +354,13 @@ class MarsRewardConfig(RewardConfig):
         choice("mars_paraphraser", PARAPHRASERS)
         choice("mars_refiner", REFINERS)
         choice("mars_truncation", TRUNCATIONS)
+        choice("mars_epoch_size", EPOCH_SIZES)
+        if (self.mars_epoch_size == "original" and self.mars_strategy not in ("none", "adaboost")
+                and self.train_sampling_strategy != "random"):
+            raise ValueError(
+                f"`mars_epoch_size='original'` draws each epoch's pairs at random, so it cannot be combined with "
+                f"`train_sampling_strategy={self.train_sampling_strategy!r}`. Use the default 'random', or "
+                "`--mars_epoch_size grown`.")
         choice("mars_label_check", LABEL_CHECKS)
         choice("mars_harm_check", HARM_CHECKS)
         if not (isinstance(self.mars_tau, (int, float)) and math.isfinite(self.mars_tau) and self.mars_tau > 0):

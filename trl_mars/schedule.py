@@ -46,6 +46,8 @@ class RoundSchedule:
     pairs_per_batch: int
     gradient_accumulation_steps: int = 1
     drop_last: bool = False
+    # `mars_epoch_size="original"`: every epoch draws this many pairs from D^t (None: all of D^t, the paper)
+    pairs_per_epoch: int | None = None
 
     @property
     def num_epochs(self) -> int:
@@ -59,8 +61,8 @@ class RoundSchedule:
         """Round numbers (1-based) that open `epoch`."""
         return [t for t, e in enumerate(self.round_epochs, start=1) if e == epoch]
 
-    def epoch_sizes(self, added: Mapping[int, int] | None = None) -> list[int]:
-        """Training pairs in each epoch: originals plus every round so far (real counts where known, else B)."""
+    def dataset_sizes(self, added: Mapping[int, int] | None = None) -> list[int]:
+        """Size of D^t in each epoch: originals plus every round so far (real counts where known, else B)."""
         added = added or {}
         sizes, size = [], self.base_size
         for epoch in range(self.num_epochs):
@@ -68,6 +70,13 @@ class RoundSchedule:
                 size += added.get(t, self.budget)
             sizes.append(size)
         return sizes
+
+    def epoch_sizes(self, added: Mapping[int, int] | None = None) -> list[int]:
+        """Pairs trained on in each epoch: all of D^t, or `pairs_per_epoch` drawn from it."""
+        sizes = self.dataset_sizes(added)
+        if self.pairs_per_epoch is None:
+            return sizes
+        return [min(size, self.pairs_per_epoch) for size in sizes]
 
     def batches(self, size: int) -> int:
         """Micro-batches one rank sees in an epoch of `size` pairs (ceil(ceil(n / b) / w) == ceil(n / (b w)))."""
