@@ -101,3 +101,21 @@ def test_weights_reach_the_loss_in_a_real_run(tmp_path, minilm_path, trainer_kin
     assert summary["rounds"][0]["weights"]["mean"] == pytest.approx(1.0)
     assert summary["rounds"][0]["synthetic_pairs_added"] == 0
     assert (tmp_path / "mars" / "round_1" / "synthetic.jsonl").read_text() == ""
+
+
+def test_mars_weight_originals_uses_the_rounds_allocation(tmp_path, minilm_path):
+    """mars_weight_originals: after the round, each tuple's loss weight is N * q_i from its own allocation.jsonl."""
+    from trl_mars.adaboost import WeightedLossMixin
+
+    args = mars_args(tmp_path, num_train_epochs=2, mars_warmup_epochs=1, mars_epoch_size="original",
+                     mars_weight_originals=True, mars_tau=5.0)
+    trainer = MarsRewardTrainer(minilm_path, args=args, train_dataset=Dataset.from_list(tiny_rows(16)))
+    assert isinstance(trainer, WeightedLossMixin)
+    assert trainer._mars_callback.example_weights.tolist() == [1.0] * 16  # plain until the first round
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "mars" / "round_1" / "allocation.jsonl").read_text()
+            .splitlines()]
+    expected = np.array([row["prob"] for row in rows]) * 16
+    assert expected.max() - expected.min() > 0.1  # tau 5 makes the allocation (and so the weights) uneven
+    np.testing.assert_allclose(trainer._mars_callback.example_weights.numpy(), expected, rtol=1e-5)
+    assert len(trainer.train_dataset) > 16  # the synthetic pairs are still added

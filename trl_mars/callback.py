@@ -129,7 +129,7 @@ class MarsAugmentationCallback(TrainerCallback):
             trainer.__class__ = with_growing_dataset(type(trainer))
         trainer._mars_callback = self
         _quiet_console_printers(trainer)
-        if self.args.mars_strategy == "adaboost":
+        if self.args.mars_strategy == "adaboost" or self._weights_originals:
             self._attach_weighted_loss(trainer)
         self.base_train = trainer.train_dataset
         self.evidence = Evidence(Path(self.args.output_dir) / "mars")
@@ -323,7 +323,15 @@ class MarsAugmentationCallback(TrainerCallback):
 
             return west_of_n_round(inputs, self.won_generator, self.score_responses,
                                    candidates_per_draw=self.args.mars_won_candidates)
-        return run_round(inputs)
+        result = run_round(inputs)
+        if self._weights_originals:
+            probs = np.asarray(result.allocation.probs, dtype=np.float64)
+            self.set_example_weights(probs * probs.size)
+        return result
+
+    @property
+    def _weights_originals(self) -> bool:
+        return self.args.mars_weight_originals and self.args.mars_strategy in ("mars", "mars_nosem", "uniform")
 
     def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
         """r^{t-1}(x_i, y) for (tuple index i, response text y), tokenised as training tokenises (all ranks)."""

@@ -34,7 +34,7 @@ PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "MARS: strategy and allocation": (
         "mars_strategy", "mars_tau", "mars_budget_ratio", "mars_margin_mode", "mars_margin_scale",
-        "mars_max_budget_share", "mars_budget_rounding",
+        "mars_max_budget_share", "mars_budget_rounding", "mars_weight_originals",
     ),
     "MARS: baselines (adaboost, won)": (
         "mars_adaboost_beta", "mars_won_generator", "mars_won_candidates", "mars_won_model",
@@ -145,6 +145,14 @@ class MarsRewardConfig(RewardConfig):
             "help": "'adaboost' only: loss weight w_i ~ exp(-beta * margin_i), normalised to mean 1, from each "
             "round's margins. Our choice: 0.5, the paper's tau, so both baselines react to a margin alike; 0 is "
             "plain training."
+        },
+    )
+    mars_weight_originals: bool = field(
+        default=False,
+        metadata={
+            "help": "'mars', 'mars_nosem' and 'uniform': also weight each tuple's pairs in the loss by N * q_i, the "
+            "round's allocation probability scaled to mean 1 (AdaBoost's weights when q comes from margins). Beyond "
+            "the paper; off by default."
         },
     )
     mars_won_generator: str = field(
