@@ -187,17 +187,17 @@ class MarsRewardConfig(RewardConfig):
         default=1,
         metadata={
             "help": "Epochs of plain training before the first round. 1 (our default) gives the first allocation a "
-            "trained head to score margins with; the paper uses 0 (round 1 scores margins with the initial model, whose "
-            "head is random, so its allocation is noise). See the README, 'How well it works'."
+            "trained head to score margins with; the paper uses 0 (round 1 scores margins with the initial model, "
+            "whose head is random, so its allocation is noise). See the README, 'How well it works'."
         },
     )
     mars_epoch_size: str = field(
         default="original",
         metadata={
             "help": "'grown' (the paper) trains each epoch on all of D^t, so every round makes the following epochs "
-            "longer (more optimizer steps on near-copies of the same labels); 'original' (our default) draws N pairs (the number of original pairs) from D^t without replacement each "
-            "epoch, so the run takes as many optimizer steps as plain training and the synthetic pairs change what "
-            "is trained on, not how long.",
+            "longer (more optimizer steps on near-copies of the same labels); 'original' (our default) draws N "
+            "pairs (the number of original pairs) from D^t without replacement each epoch, so the run takes as many "
+            "optimizer steps as plain training and the synthetic pairs change what is trained on, not how long.",
             "choices": list(EPOCH_SIZES),
         },
     )
@@ -363,8 +363,7 @@ class MarsRewardConfig(RewardConfig):
         choice("mars_refiner", REFINERS)
         choice("mars_truncation", TRUNCATIONS)
         choice("mars_epoch_size", EPOCH_SIZES)
-        if (self.mars_epoch_size == "original" and self.mars_strategy not in ("none", "adaboost")
-                and self.train_sampling_strategy != "random"):
+        if self.mars_epoch_size == "original" and self.adds_pairs and self.train_sampling_strategy != "random":
             raise ValueError(
                 f"`mars_epoch_size='original'` draws each epoch's pairs at random, so it cannot be combined with "
                 f"`train_sampling_strategy={self.train_sampling_strategy!r}`. Use the default 'random', or "
@@ -412,7 +411,7 @@ class MarsRewardConfig(RewardConfig):
 
     @property
     def mars_enabled(self) -> bool:
-        """Whether rounds add synthetic pairs (every strategy except 'none')."""
+        """Whether rounds run (every strategy except 'none'); see `adds_pairs` for whether they add pairs."""
         return self.mars_strategy != "none"
 
     @property
@@ -420,6 +419,11 @@ class MarsRewardConfig(RewardConfig):
         """Whether rounds call the paraphrase back-end (AdaBoost generates nothing, West-of-N only for its pool)."""
         return self.mars_strategy in ("mars", "mars_nosem", "uniform") or (
             self.mars_strategy == "won" and self.mars_won_generator == "paraphrase")
+
+    @property
+    def adds_pairs(self) -> bool:
+        """Whether rounds add synthetic pairs to D^t ('adaboost' only reweights, 'none' runs no round)."""
+        return self.mars_strategy not in ("none", "adaboost")
 
     @property
     def uses_semantic_labels(self) -> bool:

@@ -113,16 +113,11 @@ class GrowingDatasetLoop:
             num_update_steps_per_epoch = max(1, -(-steps_in_epoch // self.args.gradient_accumulation_steps))
             if self.args.max_steps <= 0:
                 self._mars_replan(callback.schedule.max_steps(callback.added))
-            callback.epoch_started(epoch, self._mars_epoch_pairs(),
+            callback.epoch_started(epoch, callback.schedule.pairs_in_epoch(len(self.train_dataset)),
                                    (kwargs.get("epochs_trained"), kwargs.get("steps_trained_in_current_epoch"))
                                    if kwargs.get("resume_from_checkpoint") is not None else None)
         return super()._run_epoch(model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch,
                                   **kwargs)
-
-    def _mars_epoch_pairs(self) -> int:
-        """Pairs this epoch trains on: all of D^t, or the schedule's `pairs_per_epoch` drawn from it."""
-        cap = self._mars_callback.schedule.pairs_per_epoch
-        return len(self.train_dataset) if cap is None else min(cap, len(self.train_dataset))
 
     def _get_train_sampler(self, train_dataset=None):
         """With `mars_epoch_size="original"`, a random draw of N pairs from D^t without replacement each epoch.
@@ -133,10 +128,10 @@ class GrowingDatasetLoop:
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not self._mars_active() or self._mars_callback.schedule is None:
             return sampler
-        cap = self._mars_callback.schedule.pairs_per_epoch
-        if cap is None or len(dataset) <= cap:
+        pairs = self._mars_callback.schedule.pairs_in_epoch(len(dataset))
+        if pairs == len(dataset):
             return sampler
-        return torch.utils.data.RandomSampler(dataset, num_samples=cap)
+        return torch.utils.data.RandomSampler(dataset, num_samples=pairs)
 
     def _mars_replan(self, max_steps: int) -> None:
         """Re-sizes the LR schedule to `max_steps` after a short round, keeping the steps already taken."""

@@ -71,12 +71,13 @@ class RoundSchedule:
             sizes.append(size)
         return sizes
 
+    def pairs_in_epoch(self, dataset_size: int) -> int:
+        """Pairs one epoch trains on when D^t has `dataset_size` pairs: all, or `pairs_per_epoch` drawn from them."""
+        return dataset_size if self.pairs_per_epoch is None else min(dataset_size, self.pairs_per_epoch)
+
     def epoch_sizes(self, added: Mapping[int, int] | None = None) -> list[int]:
-        """Pairs trained on in each epoch: all of D^t, or `pairs_per_epoch` drawn from it."""
-        sizes = self.dataset_sizes(added)
-        if self.pairs_per_epoch is None:
-            return sizes
-        return [min(size, self.pairs_per_epoch) for size in sizes]
+        """Pairs trained on in each epoch (see `pairs_in_epoch`)."""
+        return [self.pairs_in_epoch(size) for size in self.dataset_sizes(added)]
 
     def batches(self, size: int) -> int:
         """Micro-batches one rank sees in an epoch of `size` pairs (ceil(ceil(n / b) / w) == ceil(n / (b w)))."""
