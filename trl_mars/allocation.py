@@ -132,8 +132,12 @@ def _allocation_scores(margins: np.ndarray, mode: str, scale: str = "none") -> n
     if scale not in MARGIN_SCALES:
         raise ValueError(f"`scale` must be one of {MARGIN_SCALES}, got {scale!r}.")
     if scale == "std":
-        spread = float(margins.std())
-        margins = margins / spread if spread > 0 else np.zeros_like(margins)
+        # Divide by the largest |margin| first: the std of tiny margins (1e-157) squares into subnormal floats and
+        # loses digits, which made the result depend on the margins' scale. m / std(m) is unchanged by it.
+        peak = float(np.abs(margins).max()) if margins.size else 0.0
+        unit = margins / peak if peak > 0 else margins
+        spread = float(unit.std())
+        margins = unit / spread if spread > 0 else np.zeros_like(margins)
     return margins if mode == "signed" else np.abs(margins)
 
 
