@@ -47,6 +47,44 @@ class Embedder(Protocol):
         ...
 
 
+Messages = list[dict[str, str]]  # a chat conversation: [{"role": "system"|"user"|"assistant", "content": str}, ...]
+
+
+@runtime_checkable
+class TextGenerator(Protocol):
+    """Plain-text answers from an instruction-following model, for the back-ends that a small model must be able
+    to serve: one answer is one text, and a verdict is one of a few fixed options (a 135M model does not follow JSON
+    reliably). Implemented in process by `engine.LocalEngine` and over HTTP by `client.ChatTextGenerator`; the
+    paraphraser, refiner and judge of `local` are written once against this protocol.
+
+    `fingerprint()` holds everything that changes an answer for a given request (model, decoding, seed), never a
+    secret. Implementations cache every answer in the `AugmentationCache`, unparseable ones included, so that an
+    identical re-run generates nothing; `stats()` counts what happened.
+    """
+
+    name: str
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def generate(
+        self, requests: Sequence[Messages], *, samples: int = 1, temperature: float = 0.7, max_new_tokens: int = 192
+    ) -> list[list[str | None]]:
+        """For each request, `samples` answers, stripped of surrounding white space. Answer k of a request is the same
+        on every call (seeded by the request and k, or replayed from the cache), whatever else is in the batch.
+        None marks an answer that could not be had (a transport failure after retries); it is not cached."""
+        ...
+
+    def choose(self, requests: Sequence[Messages], options: Sequence[str]) -> list[str | None]:
+        """For each request, which of `options` (short answers such as "A"/"B" or "yes"/"no") the model gives; None
+        when it gives none of them (an unparseable answer, cached and counted like the others)."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters over the generator's life: at least "generated" (answers computed now), "cached" (answers
+        replayed from the cache) and "unparseable" (verdicts that matched no option)."""
+        ...
+
+
 # Checks that a rewritten pair still prefers the chosen response. Takes (prompt, chosen, rejected) triples and
 # returns one answer per triple: True (still preferred), False (label flipped) or None (the check could not answer;
 # the rewrite is rejected as "failed"). The default is a chat judge; the trainer can supply one backed by the
