@@ -6,7 +6,8 @@
 Answers are deterministic functions of the request (the task is recognised from the prompt templates):
 paraphrase -> variants built from the source text (plus the source itself and a duplicate, which the client must
 filter); rewrite -> `rewrite(side, blocks, attempt)` (default: a text sharing no words with the other response);
-judges -> `judge_preference(prompt, a, b)` / `judge_harm(prompt, response)`; West-of-N candidates -> n answers that
+judges -> `judge_preference(prompt, a, b)` / `judge_harm(prompt, response)` (the win-rate judge's plain-letter
+prompt gets the bare letter); West-of-N candidates -> n answers that
 repeat the prompt 1..n times (plus a duplicate the generator must drop). Tests may replace those callables.
 
 Fault injection: `faults` is a queue consumed one entry per chat request, in arrival order: "429" (with
@@ -267,6 +268,8 @@ class FakeOpenAIServer:
                 self.rewrites_seen.append((side, attempt, blocks["PROMPT"]))
             text = self.rewrite(side, blocks, attempt)
             return None if text is None else json.dumps({"response": text})
+        if "Which answer is better, A or B?" in user:  # the win-rate judge's plain-letter prompt (v2)
+            return self.judge_preference(blocks["PROMPT"], blocks["RESPONSE A"], blocks["RESPONSE B"])
         if '"better"' in system:
             return json.dumps({"better": self.judge_preference(blocks["PROMPT"], blocks["RESPONSE A"],
                                                                blocks["RESPONSE B"])})
