@@ -44,6 +44,8 @@ TEST_KEY = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 TEST_KEY_ENV = "TRL_MARS_TEST_OPENAI_KEY"
 
 _BLOCK = re.compile(r"<<<([A-Z ]+?)>>>\n(.*?)\n<<<END \1>>>", re.DOTALL)
+_PLAIN_PAIR = re.compile(r"Request: (.*)\n\nAnswer A: (.*)\n\nAnswer B: (.*)\n\nWhich answer is better, A or B\?",
+                         re.DOTALL)
 _WORDS = ["Put differently", "In other words", "Said another way", "To rephrase", "Expressed otherwise",
           "Restated", "Alternatively put", "Phrased anew"]
 
@@ -268,8 +270,9 @@ class FakeOpenAIServer:
                 self.rewrites_seen.append((side, attempt, blocks["PROMPT"]))
             text = self.rewrite(side, blocks, attempt)
             return None if text is None else json.dumps({"response": text})
-        if "Which answer is better, A or B?" in user:  # the win-rate judge's plain-letter prompt (v2)
-            return self.judge_preference(blocks["PROMPT"], blocks["RESPONSE A"], blocks["RESPONSE B"])
+        plain = _PLAIN_PAIR.fullmatch(user)
+        if plain:  # the win-rate judge's plain-letter prompt (judge_pairwise_v2)
+            return self.judge_preference(*plain.groups())
         if '"better"' in system:
             return json.dumps({"better": self.judge_preference(blocks["PROMPT"], blocks["RESPONSE A"],
                                                                blocks["RESPONSE B"])})

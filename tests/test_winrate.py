@@ -156,7 +156,8 @@ def test_any_text_generator_judges_and_position_bias_gives_ties():
     assert summary["order_disagreements"] == 6
     assert judge.parse_stats() == {"verdicts": 12, "unparseable": 0, "failed": 0, "parse_rate": 1.0}
     (system, user) = judge.messages("p", "x", "y")
-    assert "one letter" in system["content"] and user["content"].endswith("Which answer is better, A or B?")
+    assert "one letter" in system["content"] and user["content"] == (
+        "Request: p\n\nAnswer A: x\n\nAnswer B: y\n\nWhich answer is better, A or B?")
 
 
 def test_missing_key_fails_before_models_load(policies, monkeypatch):

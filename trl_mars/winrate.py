@@ -9,7 +9,9 @@ intervals for the win, tie and loss shares and a seeded percentile bootstrap for
 Judges: `openai` (any OpenAI-compatible endpoint, `transformers serve` with the packaged SmolLM2 model included) and
 `local` (a causal LM in this process) both answer one letter, A or B, through the `TextGenerator` protocol: a small
 model does not follow JSON, so the verdict is a plain answer, and the share of answers that name A or B (the parse
-rate) goes into the summary. A reward model (`MarsRewardFunction`) can stand in as an offline judge.
+rate) goes into the summary. Their prompt (`judge_pairwise_v2`) lays the request and the answers out as labelled
+lines, not inside the `<<<...>>>` blocks of v1: SmolLM2-135M answered every v1-style block prompt by echoing a
+marker (0 of 6 verdicts parsed) and the labelled layout with a letter (12 of 12). A reward model (`MarsRewardFunction`) can stand in as an offline judge.
 Policies and the local judge take model folders, Hub ids, `packaged:` ids (`packaged:SmolLM2-135M-Instruct`) and
 saved LoRA adapters.
 """
