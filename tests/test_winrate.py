@@ -205,3 +205,10 @@ def test_counting_and_intervals():
     assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0, abs=1e-12)
     assert wilson_interval(0, 10)[1] == pytest.approx(0.2775, abs=1e-3)
+
+
+def test_local_judge_without_the_engine_is_a_clear_error(policies, monkeypatch):
+    monkeypatch.setitem(sys.modules, "trl_mars.augment.engine", None)  # as on an install without the engine
+    with pytest.raises(RuntimeError, match="LocalEngine.*--judge openai"):
+        run_winrate(WinRateArguments(policy_a="/nonexistent", policy_b="/nonexistent", judge="local",
+                                     dataset_name=policies["prompts"], cache_dir=None))
