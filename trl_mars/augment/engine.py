@@ -285,6 +285,7 @@ class LocalEngine:
             tokens = self.tokenizer.encode(text, add_special_tokens=False)
             if tokens:
                 ids.add(tokens[0])
+        ids.discard(self.tokenizer.unk_token_id)  # a spelling the vocabulary lacks says nothing about the option
         return sorted(ids)
 
     def _option_probabilities(self, requests: list[Messages], options: list[str]) -> list[dict[str, float]]:
