@@ -24,16 +24,24 @@ from trl_mars.winrate import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    """Policy B: a tiny random Llama; policy A: a LoRA adapter on it (saved as MarsRewardTrainer/RLOO save them)."""
+    """Policy B: a tiny random Llama with a chat template; policy A: a LoRA adapter on it (saved as
+    MarsRewardTrainer/RLOO save them)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from transformers import AutoTokenizer
+
     root = tmp_path_factory.mktemp("policies")
     base = save_tiny_llama(root / "base")
+    tokenizer = AutoTokenizer.from_pretrained(base)  # win-rate generation takes chat prompts: give it a template
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(base)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
     torch.manual_seed(1)
@@ -212,3 +220,30 @@ def test_local_judge_without_the_engine_is_a_clear_error(policies, monkeypatch):
     with pytest.raises(RuntimeError, match="LocalEngine.*--judge openai"):
         run_winrate(WinRateArguments(policy_a="/nonexistent", policy_b="/nonexistent", judge="local",
                                      dataset_name=policies["prompts"], cache_dir=None))
+
+
+def test_local_judge_in_both_orders(policies, tmp_path):
+    """--judge local: the packaged SmolLM2 model in this process picks A or B from its next-token probabilities, in
+    both orders; a re-run replays every verdict from the cache without loading the judge."""
+    output = tmp_path / "local.json"
+    args = WinRateArguments(policy_a=policies["a"], policy_b=policies["b"], dataset_name=policies["prompts"],
+                            max_prompts=4, max_new_tokens=6, judge="local", cache_dir=str(tmp_path / "cache"),
+                            output_json=str(output))
+    summary = run_winrate(args)
+    rows = json.loads(output.read_text())["per_prompt"]
+    assert summary["n"] == 4 and summary["judge"] == "local:packaged:SmolLM2-135M-Instruct"
+    verdicts = summary["judge_verdicts"]
+    named = sum(v is not None for r in rows for v in (r["verdict_ab"], r["verdict_ba"]))
+    assert verdicts["verdicts"] == 8 and verdicts["unparseable"] == 8 - named and verdicts["failed"] == 0
+    print(f"local judge: parse rate {verdicts['parse_rate']}, verdicts "
+          f"{[(r['verdict_ab'], r['verdict_ba']) for r in rows]}")
+    again = run_winrate(args)
+    assert again["judge_cache"]["misses"] == 0 and again["judge_verdicts"] == verdicts
+    assert [r["outcome"] for r in json.loads(output.read_text())["per_prompt"]] == [r["outcome"] for r in rows]
+
+
+def test_policy_without_a_chat_template_is_a_clear_error(tmp_path, policies):
+    from trl_mars.winrate import generate_responses
+
+    with pytest.raises(ValueError, match="chat template"):
+        generate_responses(None, None, ["a text prompt"])

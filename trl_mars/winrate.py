@@ -72,6 +72,8 @@ class TextPairwiseJudge:
         self.system, self.user_template, self.prompt_name = load_judge_prompt(prompt_version)
         self.verdicts = 0
         self.unparseable = 0
+        self.cache_hits = 0  # verdicts replayed from the generator's cache
+        self.cache_misses = 0  # verdicts computed now
 
     def messages(self, prompt: str, response_a: str, response_b: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.system},
@@ -80,8 +82,8 @@ class TextPairwiseJudge:
 
     @property
     def requests(self) -> int:
-        """Answers the generator computed now (not replays)."""
-        return int(self.generator.stats().get("generated", 0))
+        """Verdicts computed now (not replayed from the cache)."""
+        return self.cache_misses
 
     @property
     def failures(self) -> int:
@@ -98,9 +100,12 @@ class TextPairwiseJudge:
         """One verdict per (prompt, A, B) in this order of presentation; identical questions are asked once."""
         keys = [json.dumps([p, a, b], ensure_ascii=False) for p, a, b in zip(prompts, responses_a, responses_b)]
         todo = sorted(set(keys))
-        failed_before = self.failures
+        failed_before, cached_before = self.failures, int(self.generator.stats().get("cached", 0))
         answers = dict(zip(todo, self.generator.choose([self.messages(*json.loads(k)) for k in todo], ["A", "B"])))
         failed_now = self.failures - failed_before
+        replayed = min(len(todo), int(self.generator.stats().get("cached", 0)) - cached_before)
+        self.cache_hits += replayed
+        self.cache_misses += len(todo) - replayed
         self.verdicts += len(todo)
         self.unparseable += sum(v is None for v in answers.values()) - failed_now
         return [answers[k] for k in keys]
@@ -229,29 +234,19 @@ def load_policy(path: str, *, dtype: str | None = None, device: str | None = Non
 def generate_responses(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 192, batch_size: int = 8,
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                        seed: int = 0) -> list[str]:
-    """Responses to `prompts` (text or chat messages) with the given decoding; the same call for every policy."""
-    import torch
-    from transformers import set_seed
+    """Responses to chat `prompts` with the given decoding, the same call for every policy: the in-process engine
+    (`augment.engine.LocalEngine`), batched and length-sorted, each prompt's answer seeded by `seed` and the prompt,
+    so both policies sample with the same seeds whatever the batch. Greedy unless `do_sample`."""
+    from .augment.engine import LocalEngine
 
-    set_seed(seed)
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list)
-             else p for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
-    responses: list[str] = [""] * len(texts)
-    decoding = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-    if do_sample:
-        decoding.update(temperature=temperature, top_p=top_p)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        # chat templates already carry their special tokens
-        inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                           add_special_tokens=not isinstance(prompts[batch[0]], list)).to(model.device)
-        with torch.no_grad():
-            output = model.generate(**inputs, **decoding)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            responses[i] = text.strip()
-    return responses
+    if any(not isinstance(p, list) for p in prompts):
+        raise ValueError("Win-rate generation needs chat prompts, so the policy needs a chat template. Fix: use an "
+                         "instruction-tuned policy (or give its tokenizer a chat template).")
+    engine = LocalEngine.from_model(model, tokenizer, seed=seed, batch_size=batch_size,
+                                    top_p=top_p if do_sample else 1.0, progress=False)
+    answers = engine.generate(list(prompts), samples=1, temperature=temperature if do_sample else 0.0,
+                              max_new_tokens=max_new_tokens)
+    return [a[0] or "" for a in answers]
 
 
 # ----------------------------------------------------------------------------------------------------- recipe
@@ -377,8 +372,7 @@ def run_winrate(args: WinRateArguments) -> dict[str, Any]:
     if text_judge:
         summary["judge_prompt"] = judge.prompt_name
         summary["judge_verdicts"] = judge.parse_stats()
-        stats = judge.generator.stats()
-        summary["judge_cache"] = {"hits": stats.get("cached", 0), "misses": stats.get("generated", 0)}
+        summary["judge_cache"] = {"hits": judge.cache_hits, "misses": judge.cache_misses}
     print(format_table(summary, "A", "B"))
     if text_judge:
         verdicts = summary["judge_verdicts"]
