@@ -8,6 +8,8 @@ text, verdicts are one of the options or None (counted), every completed answer 
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ from real_server import SAMPLING_BODY
 from trl_mars.augment.base import RefinementRequest, TextGenerator
 from trl_mars.augment.cache import AugmentationCache
 from trl_mars.augment.client import ChatClient, ChatTextGenerator, parse_option
-from trl_mars.augment.refiner import REASONS, ChatRefiner
+from trl_mars.augment.refiner import REASONS
 
 PARAPHRASE_SYSTEM = "Paraphrase the user's text. Keep its meaning. Reply with the paraphrase only."
 TEXTS = ["To bake bread you need flour, water, yeast and salt.", "Water the basil when the top soil is dry."]
@@ -90,19 +92,30 @@ def test_choose_parses_short_verdicts_counts_the_rest_and_replays_them(chat_serv
     assert again.stats()["unparseable"] == stats["unparseable"]
 
 
-def test_chat_refiner_with_a_verdict_judge_on_real_answers(chat_server):
-    """The chat refiner (its rewrites still ask for JSON) and a label check that asks the real model for one letter
-    in both orders. A 135M model rarely writes the JSON object, so most rewrites come back unusable: the refiner must
-    turn whatever the model says into one of its outcomes, never crash, and count a judge that gives no verdict as
-    "failed", never as a flipped label."""
-    judge = ChatTextGenerator(make_client(chat_server), choose_max_tokens=3)
+def test_text_paraphraser_over_the_chat_generator(chat_server, tmp_path):
+    """The chat paraphraser in text mode (`TextParaphraser(ChatTextGenerator)`, as `--mars_paraphraser chat` wires
+    it for small models): real answers, cleaned and filtered, never the source itself; a re-run replays them."""
+    from trl_mars.augment.text import TextParaphraser
 
-    def label_check(triples):
-        asks = [preference_request(p, c, r, True) for p, c, r in triples]
-        asks += [preference_request(p, c, r, False) for p, c, r in triples]
-        votes = judge.choose(asks, ["A", "B"])
-        n = len(triples)
-        return [None if a is None or b is None else (a == "A" and b == "B") for a, b in zip(votes[:n], votes[n:])]
+    def paraphraser():
+        generator = ChatTextGenerator(make_client(chat_server, cache=AugmentationCache(tmp_path)), seed=3)
+        return TextParaphraser(generator, temperature=0.7, max_new_tokens=20)
+
+    first = paraphraser()
+    out = first.paraphrase(TEXTS, 2)
+    assert len(out) == 2 and all(len(variants) <= 2 for variants in out)
+    assert all(isinstance(v, str) and v and v != text for text, variants in zip(TEXTS, out) for v in variants)
+    assert first.last_failed == set() and first.generator.stats()["generated"] == 4
+    print(f"text paraphrases of the real model: {out}; dropped: {dict(first.reasons)}")
+    again = paraphraser()
+    assert again.paraphrase(TEXTS, 2) == out and again.generator.stats()["generated"] == 0
+
+
+def test_text_refiner_with_a_text_judge_on_real_answers(chat_server):
+    """The refiner with a judge on real answers: plain-text rewrites (`TextRefiner`) and one-word verdicts
+    (`TextJudge`, both orders, and the harm check), all through `ChatTextGenerator`. What the model decides is not
+    asserted; every outcome must be one of the refiner's, and the judge's verdicts must be counted."""
+    from trl_mars.augment.text import TextJudge, TextRefiner
 
     class WordEmbedder:  # hashed bag of words: a rewrite sharing few words with the other side gains distance
         def fingerprint(self):
@@ -112,11 +125,13 @@ def test_chat_refiner_with_a_verdict_judge_on_real_answers(chat_server):
             out = np.zeros((len(texts), 256), dtype=np.float32)
             for row, text in enumerate(texts):
                 for word in (text.lower().split() or ["<empty>"]):
-                    out[row, hash(word) % 256] += 1.0
+                    out[row, zlib.crc32(word.encode()) % 256] += 1.0
             return out / np.linalg.norm(out, axis=1, keepdims=True)
 
-    client = make_client(chat_server, max_retries=0, max_tokens=16, extra_body=None)
-    refiner = ChatRefiner(client, WordEmbedder(), label_check, None, max_attempts=1)
+    judge = TextJudge(ChatTextGenerator(make_client(chat_server), choose_max_tokens=3), order="both")
+    rewriter = ChatTextGenerator(make_client(chat_server), seed=5)
+    refiner = TextRefiner(rewriter, WordEmbedder(), judge.prefers_chosen, judge.is_harmful, max_attempts=1,
+                          max_new_tokens=20)
     prompt = "How do I keep basil alive indoors?"
     chosen = "Give basil six hours of sun and water it when the top soil is dry."
     rejected = "Give basil some sun and water it when the soil is dry."
@@ -125,11 +140,16 @@ def test_chat_refiner_with_a_verdict_judge_on_real_answers(chat_server):
     assert result.reason in REASONS and result.attempts in (1, 2)
     if result.accepted:
         assert result.new_distance > result.distance and result.rewritten in ("chosen", "rejected")
+        kept = result.rejected if result.rewritten == "rejected" else result.chosen
+        assert kept and kept not in (chosen, rejected)
     else:
         assert (result.chosen, result.rejected) == (chosen, rejected)
-    assert client.requests_sent >= 1 and client.answers_generated == client.requests_sent  # real completions
-    print(f"refiner on the real model: {result.reason} after {result.attempts} attempts; "
-          f"judge {judge.stats()}; rewrite client {client.stats()}")
+    stats = rewriter.stats()
+    assert stats["generated"] == result.attempts and stats["failed"] == 0
+    verdicts = judge.generator.stats()
+    assert verdicts["failed"] == 0 and verdicts["unparseable"] <= verdicts["choices"]
+    print(f"refiner on the real model: {result.reason} after {result.attempts} attempts "
+          f"(distance {result.distance:.3f} -> {result.new_distance:.3f}); judge {verdicts}")
 
 
 @pytest.mark.parametrize(("answer", "options", "expected"), [

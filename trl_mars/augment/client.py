@@ -1,4 +1,4 @@
-"""The HTTP client of the chat back-ends: one robust JSON-answer request per item, many items at once.
+"""The HTTP client of the chat back-ends: one robust request per item (a JSON answer, or plain text), many at once.
 
 Everything goes through the official `openai` client (so any OpenAI-compatible server works: OpenAI, Azure-style
 gateways, vLLM, TGI, llama.cpp, ...). The client's own retries are switched off; `ChatClient` retries by itself so
@@ -18,6 +18,12 @@ malformed answer within a run still happen (the next try is answer k + 1, a diff
 replays answers 0, 1, ... from the cache and reaches the same result without a request. Only transport failures
 (connection errors, timeouts, 429, 5xx, a body that is not a chat completion) are never cached, so they, and only
 they, are asked again. A run killed mid-way loses at most the requests in flight.
+
+Plain text: `complete_text` asks without `response_format` and takes any completed answer as it is (for models that
+do not follow JSON, such as a 135M model behind `transformers serve`); `ChatTextGenerator` builds the
+`TextGenerator` protocol of `base.py` on it: k sampled answers per request (answer k carries seed `seed + k`, so it
+is its own request and cache entry) and one-word verdicts read by `parse_option`. The cache, retries and
+concurrency are the same as for JSON answers.
 
 Secrets: the API key is read from an environment variable (by default `OPENAI_API_KEY`) and handed to the `openai`
 client only. It is never stored on our objects, never part of a `fingerprint()` (so never part of a cache key),
