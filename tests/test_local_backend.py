@@ -112,7 +112,10 @@ def test_cached_answers_make_no_generation_and_no_load(tiny_llama, tmp_path):
 def test_choose_reads_the_option_probabilities(tiny_llama):
     engine = LocalEngine(tiny_llama, seed=0, progress=False)
     requests = [ask(row["prompt"]) for row in tiny_rows(3)]
-    probs = engine._option_probabilities(requests, ["bread", "tea"])
+    probs = [None] * len(requests)
+    for positions, answers in engine._option_probabilities(requests, ["bread", "tea"]):
+        for p, answer in zip(positions, answers):
+            probs[p] = answer
     for p, verdict in zip(probs, engine.choose(requests, ["bread", "tea"])):
         assert 0.0 <= p["bread"] + p["tea"] <= 1.0 + 1e-6
         expected = max(p, key=p.get) if p["bread"] + p["tea"] >= engine.min_option_mass else None

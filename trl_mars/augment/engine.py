@@ -178,11 +178,12 @@ class LocalEngine:
                     todo.setdefault(key, (i, k))
         if todo:
             items = list(todo.items())
-            texts = self._sample([requests[i] for _, (i, _) in items],
-                                 [self._row_seed(requests[i], k) for _, (i, k) in items], **settings)
-            fresh = {key: text for (key, _), text in zip(items, texts)}
-            self._store(namespace, fresh)
-            found.update(fresh)
+            batches = self._sample([requests[i] for _, (i, _) in items],
+                                   [self._row_seed(requests[i], k) for _, (i, k) in items], **settings)
+            for positions, texts in batches:  # stored batch by batch: an interrupted run keeps what it made
+                fresh = {items[p][0]: text for p, text in zip(positions, texts)}
+                self._store(namespace, fresh)
+                found.update(fresh)
         return [[found[key] for key in row] for row in keys]
 
     def choose(self, requests: Sequence[Messages], options: Sequence[str]) -> list[str | None]:
@@ -197,14 +198,14 @@ class LocalEngine:
         todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in found}
         if todo:
             order = list(todo.items())
-            answers = self._option_probabilities([requests[i] for _, i in order], options)
-            fresh = {}
-            for (key, _), probs in zip(order, answers):
-                mass = sum(probs.values())
-                best = max(options, key=lambda o: probs[o])
-                fresh[key] = {"choice": best if mass >= self.min_option_mass else None, "probs": probs}
-            self._store(namespace, fresh)
-            found.update(fresh)
+            for positions, answers in self._option_probabilities([requests[i] for _, i in order], options):
+                fresh = {}
+                for p, probs in zip(positions, answers):
+                    mass = sum(probs.values())
+                    best = max(options, key=lambda o: probs[o])
+                    fresh[order[p][0]] = {"choice": best if mass >= self.min_option_mass else None, "probs": probs}
+                self._store(namespace, fresh)
+                found.update(fresh)
         verdicts = [found[key]["choice"] for key in keys]
         self.counts["verdicts"] += len(verdicts)
         self.counts["unparseable"] += sum(v is None for v in verdicts)
@@ -255,16 +256,16 @@ class LocalEngine:
                     mask[row, width - len(encoded[i]):] = 1
                 yield positions, ids.to(device), mask.to(device)
                 bar.update(len(positions))
+                logger.debug("%s: %d/%d answers", desc, min(start + self.batch_size, len(order)), len(order))
 
-    def _sample(self, requests: list[Messages], seeds: list[int], *, temperature: float,
-                max_new_tokens: int) -> list[str]:
+    def _sample(self, requests: list[Messages], seeds: list[int], *, temperature: float, max_new_tokens: int):
+        """Yields (positions, answers) batch by batch."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
         tokenizer = self.tokenizer
         config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                   eos_token_id=tokenizer.eos_token_id)
-        out: list[str] = [""] * len(requests)
         for positions, ids, mask in self._batches(requests, f"generate [{self.name}]"):
             sampler = SeededRowSampler([seeds[i] for i in positions], temperature=temperature, top_p=self.top_p)
             with torch.no_grad():
@@ -272,10 +273,8 @@ class LocalEngine:
                                                 logits_processor=LogitsProcessorList([sampler]))
             new = generated[:, ids.shape[1]:]
             self.counts["new_tokens"] += int((new != tokenizer.pad_token_id).sum())
-            for i, text in zip(positions, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                out[i] = text.strip()
-        self.counts["generated"] += len(requests)
-        return out
+            self.counts["generated"] += len(positions)
+            yield positions, [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def _option_tokens(self, option: str) -> list[int]:
         """First tokens of the spellings of an option that a model may start its answer with."""
@@ -288,21 +287,20 @@ class LocalEngine:
         ids.discard(self.tokenizer.unk_token_id)  # a spelling the vocabulary lacks says nothing about the option
         return sorted(ids)
 
-    def _option_probabilities(self, requests: list[Messages], options: list[str]) -> list[dict[str, float]]:
+    def _option_probabilities(self, requests: list[Messages], options: list[str]):
+        """Yields (positions, {option: probability of its first tokens}) batch by batch."""
         import torch
 
         token_sets = {o: self._option_tokens(o) for o in options}
         shared = set.intersection(*(set(t) for t in token_sets.values()))
         if shared:
             raise ValueError(f"options {options} share a first token, so the model's answer cannot tell them apart")
-        out: list[dict[str, float]] = [{} for _ in requests]
         for positions, ids, mask in self._batches(requests, f"judge [{self.name}]"):
             with torch.no_grad():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
             probs = torch.softmax(logits, dim=-1).cpu()
-            for row, i in enumerate(positions):
-                out[i] = {o: float(probs[row, tokens].sum()) for o, tokens in token_sets.items()}
-        return out
+            yield positions, [{o: float(probs[row, tokens].sum()) for o, tokens in token_sets.items()}
+                              for row in range(len(positions))]
 
 
 def _ready_tokenizer(tokenizer):
