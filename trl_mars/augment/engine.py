@@ -55,6 +55,11 @@ class SeededRowSampler:
         self.top_p = float(top_p)
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
+    # Nucleus sampling only needs the most likely tokens: sorting the whole vocabulary for every row and step costs
+    # ten times the model's forward pass on a CPU. The full sort remains for the rare row whose top tokens hold
+    # less than top_p.
+    CANDIDATES = 256
+
     def __call__(self, input_ids, scores):
         import torch
 
@@ -63,15 +68,16 @@ class SeededRowSampler:
             tokens = logits.argmax(dim=-1)
         else:
             probs = torch.softmax(logits / self.temperature, dim=-1)
+            k = probs.shape[-1] if self.top_p >= 1.0 else min(self.CANDIDATES, probs.shape[-1])
+            top, index = probs.topk(k, dim=-1)
+            if self.top_p < 1.0 and bool((top.sum(dim=-1) < self.top_p).any()):
+                top, index = probs.sort(dim=-1, descending=True)
             if self.top_p < 1.0:
-                sorted_probs, order = probs.sort(dim=-1, descending=True)
                 # keep the smallest prefix whose mass reaches top_p (the most likely token is always kept)
-                drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= self.top_p
-                sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-            probs = probs.cpu()
-            tokens = torch.stack([torch.multinomial(row, 1, generator=g)[0]
-                                  for row, g in zip(probs, self.generators)]).to(scores.device)
+                top = top.masked_fill(top.cumsum(dim=-1) - top >= self.top_p, 0.0)
+            top, index = top.cpu(), index.cpu()
+            tokens = torch.stack([row_index[torch.multinomial(row, 1, generator=g)[0]]
+                                  for row, row_index, g in zip(top, index, self.generators)]).to(scores.device)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, tokens.view(-1, 1), 0.0)
         return out
