@@ -37,7 +37,7 @@ from .packaged import PACKAGED_SMOLLM2, resolve_packaged_model
 
 logger = logging.getLogger("trl_mars")
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "SeededRowSampler"]
+__all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "SeededRowSampler", "length_sorted_batches"]
 
 DEFAULT_LOCAL_MODEL = PACKAGED_SMOLLM2
 _ENGINE_VERSION = 1  # bump when a change to this file changes answers for the same request
@@ -243,26 +243,9 @@ class LocalEngine:
         return list(ids)
 
     def _batches(self, requests: Sequence[Messages], desc: str):
-        """(positions, input_ids, attention_mask) per batch, longest requests first, left-padded."""
-        import torch
-
         encoded = [self.encode(r) for r in requests]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        pad = self.tokenizer.pad_token_id
-        device = self.model.device
-        with tqdm(total=len(order), desc=desc, unit="answer", leave=False,
-                  disable=not self.progress or None) as bar:
-            for start in range(0, len(order), self.batch_size):
-                positions = order[start : start + self.batch_size]
-                width = max(len(encoded[i]) for i in positions)
-                ids = torch.full((len(positions), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(positions), width), dtype=torch.long)
-                for row, i in enumerate(positions):
-                    ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                    mask[row, width - len(encoded[i]):] = 1
-                yield positions, ids.to(device), mask.to(device)
-                bar.update(len(positions))
-                logger.debug("%s: %d/%d answers", desc, min(start + self.batch_size, len(order)), len(order))
+        return length_sorted_batches(encoded, self.batch_size, self.tokenizer.pad_token_id, self.model.device,
+                                     desc=desc, progress=self.progress)
 
     def _sample(self, requests: list[Messages], seeds: list[int], *, temperature: float, max_new_tokens: int):
         """Yields (positions, answers) batch by batch."""
@@ -307,6 +290,30 @@ class LocalEngine:
             probs = torch.softmax(logits, dim=-1).cpu()
             yield positions, [{o: float(probs[row, tokens].sum()) for o, tokens in token_sets.items()}
                               for row in range(len(positions))]
+
+
+def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int, device, *,
+                          left_pad: bool = True, desc: str = "generate", progress: bool = True):
+    """Yields (positions, input_ids, attention_mask) for token-id lists, longest first, `batch_size` at a time,
+    padded with `pad_id` on the left (decoder-only generation) or the right (encoder inputs), on `device`.
+    Sorting by length keeps the padding, and so the wasted compute, small. Shared by every generator of trl-mars
+    (this engine, the seq2seq back-end)."""
+    import torch
+
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    with tqdm(total=len(order), desc=desc, unit="input", leave=False, disable=not progress or None) as bar:
+        for start in range(0, len(order), batch_size):
+            positions = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in positions)
+            ids = torch.full((len(positions), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(positions), width), dtype=torch.long)
+            for row, i in enumerate(positions):
+                span = slice(width - len(encoded[i]), width) if left_pad else slice(0, len(encoded[i]))
+                ids[row, span] = torch.as_tensor(list(encoded[i]), dtype=torch.long)
+                mask[row, span] = 1
+            yield positions, ids.to(device), mask.to(device)
+            bar.update(len(positions))
+            logger.debug("%s: %d/%d", desc, min(start + batch_size, len(order)), len(order))
 
 
 def _ready_tokenizer(tokenizer):
