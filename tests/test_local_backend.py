@@ -112,7 +112,10 @@ def test_cached_answers_make_no_generation_and_no_load(tiny_llama, tmp_path):
 def test_choose_reads_the_option_probabilities(tiny_llama):
     engine = LocalEngine(tiny_llama, seed=0, progress=False)
     requests = [ask(row["prompt"]) for row in tiny_rows(3)]
-    probs = engine._option_probabilities(requests, ["bread", "tea"])
+    probs = [None] * len(requests)
+    for positions, answers in engine._option_probabilities(requests, ["bread", "tea"]):
+        for p, answer in zip(positions, answers):
+            probs[p] = answer
     for p, verdict in zip(probs, engine.choose(requests, ["bread", "tea"])):
         assert 0.0 <= p["bread"] + p["tea"] <= 1.0 + 1e-6
         expected = max(p, key=p.get) if p["bread"] + p["tea"] >= engine.min_option_mass else None
@@ -261,3 +264,34 @@ def test_local_backend_round_end_to_end_and_cached_rerun(tmp_path, minilm_path, 
     rows2 = [json.loads(line) for line in (tmp_path / "run2" / "mars" / "round_1" / "synthetic.jsonl").open()]
     assert rows2 == rows
     assert np.isfinite(summary2["rounds"][0]["margin"]["mean"])
+
+
+# ------------------------------------------------------------------------------------------- wiring and evidence
+
+
+def test_round_line_reports_the_fidelity_counts():
+    from trl_mars.evidence import round_line
+
+    entry = {"round": 1, "epoch": 2, "margin": {"mean": 0.25, "fraction_negative": 0.3}, "allocation_entropy": 6.5,
+             "allocation_entropy_uniform": 6.9, "synthetic_pairs_added": 40,
+             "paraphraser_stats": {"fidelity_kept": 40, "fidelity_too_far": 11, "fidelity_near_copy": 3}}
+    line = round_line(entry, train_pairs=140, seconds=12.0)
+    assert "fidelity filter kept 40 paraphrases, dropped 11 too far + 3 near-copies (run total)" in line
+
+
+def test_local_settings_resolve_their_default_models(tmp_path):
+    from trl_mars.augment.factory import build_cache, build_judge, build_local_engine, build_paraphraser
+
+    args = mars_args(tmp_path, mars_paraphraser="local", mars_refiner="local")
+    assert args.refiner_model == PACKAGED_SMOLLM2
+    assert mars_args(tmp_path, mars_refiner="chat").refiner_model == "gpt-4.1"
+    cache = build_cache(args)
+    paraphraser = build_paraphraser(args, cache)
+    assert isinstance(paraphraser, FidelityFilter) and paraphraser.name == "local"
+    judge = build_judge(args, cache)
+    assert isinstance(judge, TextJudge)
+    # one engine per model and cache: paraphraser, judge and refiner share the weights; nothing is loaded yet
+    assert judge.generator is build_local_engine(args, None, cache) is paraphraser.inner.inner.generator
+    assert judge.generator._model is None
+    lexical = build_paraphraser(mars_args(tmp_path, mars_paraphraser="lexical"), cache)
+    assert not isinstance(lexical, FidelityFilter)  # the filter is off for lexical rewrites

@@ -37,7 +37,7 @@ from .packaged import PACKAGED_SMOLLM2, resolve_packaged_model
 
 logger = logging.getLogger("trl_mars")
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "SeededRowSampler"]
+__all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "SeededRowSampler", "length_sorted_batches"]
 
 DEFAULT_LOCAL_MODEL = PACKAGED_SMOLLM2
 _ENGINE_VERSION = 1  # bump when a change to this file changes answers for the same request
@@ -55,6 +55,11 @@ class SeededRowSampler:
         self.top_p = float(top_p)
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
+    # Nucleus sampling only needs the most likely tokens: sorting the whole vocabulary for every row and step costs
+    # ten times the model's forward pass on a CPU. The full sort remains for the rare row whose top tokens hold
+    # less than top_p.
+    CANDIDATES = 256
+
     def __call__(self, input_ids, scores):
         import torch
 
@@ -63,15 +68,16 @@ class SeededRowSampler:
             tokens = logits.argmax(dim=-1)
         else:
             probs = torch.softmax(logits / self.temperature, dim=-1)
+            k = probs.shape[-1] if self.top_p >= 1.0 else min(self.CANDIDATES, probs.shape[-1])
+            top, index = probs.topk(k, dim=-1)
+            if self.top_p < 1.0 and bool((top.sum(dim=-1) < self.top_p).any()):
+                top, index = probs.sort(dim=-1, descending=True)
             if self.top_p < 1.0:
-                sorted_probs, order = probs.sort(dim=-1, descending=True)
                 # keep the smallest prefix whose mass reaches top_p (the most likely token is always kept)
-                drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= self.top_p
-                sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-            probs = probs.cpu()
-            tokens = torch.stack([torch.multinomial(row, 1, generator=g)[0]
-                                  for row, g in zip(probs, self.generators)]).to(scores.device)
+                top = top.masked_fill(top.cumsum(dim=-1) - top >= self.top_p, 0.0)
+            top, index = top.cpu(), index.cpu()
+            tokens = torch.stack([row_index[torch.multinomial(row, 1, generator=g)[0]]
+                                  for row, row_index, g in zip(top, index, self.generators)]).to(scores.device)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, tokens.view(-1, 1), 0.0)
         return out
@@ -178,11 +184,12 @@ class LocalEngine:
                     todo.setdefault(key, (i, k))
         if todo:
             items = list(todo.items())
-            texts = self._sample([requests[i] for _, (i, _) in items],
-                                 [self._row_seed(requests[i], k) for _, (i, k) in items], **settings)
-            fresh = {key: text for (key, _), text in zip(items, texts)}
-            self._store(namespace, fresh)
-            found.update(fresh)
+            batches = self._sample([requests[i] for _, (i, _) in items],
+                                   [self._row_seed(requests[i], k) for _, (i, k) in items], **settings)
+            for positions, texts in batches:  # stored batch by batch: an interrupted run keeps what it made
+                fresh = {items[p][0]: text for p, text in zip(positions, texts)}
+                self._store(namespace, fresh)
+                found.update(fresh)
         return [[found[key] for key in row] for row in keys]
 
     def choose(self, requests: Sequence[Messages], options: Sequence[str]) -> list[str | None]:
@@ -197,14 +204,14 @@ class LocalEngine:
         todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in found}
         if todo:
             order = list(todo.items())
-            answers = self._option_probabilities([requests[i] for _, i in order], options)
-            fresh = {}
-            for (key, _), probs in zip(order, answers):
-                mass = sum(probs.values())
-                best = max(options, key=lambda o: probs[o])
-                fresh[key] = {"choice": best if mass >= self.min_option_mass else None, "probs": probs}
-            self._store(namespace, fresh)
-            found.update(fresh)
+            for positions, answers in self._option_probabilities([requests[i] for _, i in order], options):
+                fresh = {}
+                for p, probs in zip(positions, answers):
+                    mass = sum(probs.values())
+                    best = max(options, key=lambda o: probs[o])
+                    fresh[order[p][0]] = {"choice": best if mass >= self.min_option_mass else None, "probs": probs}
+                self._store(namespace, fresh)
+                found.update(fresh)
         verdicts = [found[key]["choice"] for key in keys]
         self.counts["verdicts"] += len(verdicts)
         self.counts["unparseable"] += sum(v is None for v in verdicts)
@@ -236,35 +243,18 @@ class LocalEngine:
         return list(ids)
 
     def _batches(self, requests: Sequence[Messages], desc: str):
-        """(positions, input_ids, attention_mask) per batch, longest requests first, left-padded."""
-        import torch
-
         encoded = [self.encode(r) for r in requests]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        pad = self.tokenizer.pad_token_id
-        device = self.model.device
-        with tqdm(total=len(order), desc=desc, unit="answer", leave=False,
-                  disable=not self.progress or None) as bar:
-            for start in range(0, len(order), self.batch_size):
-                positions = order[start : start + self.batch_size]
-                width = max(len(encoded[i]) for i in positions)
-                ids = torch.full((len(positions), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(positions), width), dtype=torch.long)
-                for row, i in enumerate(positions):
-                    ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                    mask[row, width - len(encoded[i]):] = 1
-                yield positions, ids.to(device), mask.to(device)
-                bar.update(len(positions))
+        return length_sorted_batches(encoded, self.batch_size, self.tokenizer.pad_token_id, self.model.device,
+                                     desc=desc, progress=self.progress)
 
-    def _sample(self, requests: list[Messages], seeds: list[int], *, temperature: float,
-                max_new_tokens: int) -> list[str]:
+    def _sample(self, requests: list[Messages], seeds: list[int], *, temperature: float, max_new_tokens: int):
+        """Yields (positions, answers) batch by batch."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
         tokenizer = self.tokenizer
         config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                   eos_token_id=tokenizer.eos_token_id)
-        out: list[str] = [""] * len(requests)
         for positions, ids, mask in self._batches(requests, f"generate [{self.name}]"):
             sampler = SeededRowSampler([seeds[i] for i in positions], temperature=temperature, top_p=self.top_p)
             with torch.no_grad():
@@ -272,10 +262,8 @@ class LocalEngine:
                                                 logits_processor=LogitsProcessorList([sampler]))
             new = generated[:, ids.shape[1]:]
             self.counts["new_tokens"] += int((new != tokenizer.pad_token_id).sum())
-            for i, text in zip(positions, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                out[i] = text.strip()
-        self.counts["generated"] += len(requests)
-        return out
+            self.counts["generated"] += len(positions)
+            yield positions, [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def _option_tokens(self, option: str) -> list[int]:
         """First tokens of the spellings of an option that a model may start its answer with."""
@@ -288,21 +276,44 @@ class LocalEngine:
         ids.discard(self.tokenizer.unk_token_id)  # a spelling the vocabulary lacks says nothing about the option
         return sorted(ids)
 
-    def _option_probabilities(self, requests: list[Messages], options: list[str]) -> list[dict[str, float]]:
+    def _option_probabilities(self, requests: list[Messages], options: list[str]):
+        """Yields (positions, {option: probability of its first tokens}) batch by batch."""
         import torch
 
         token_sets = {o: self._option_tokens(o) for o in options}
         shared = set.intersection(*(set(t) for t in token_sets.values()))
         if shared:
             raise ValueError(f"options {options} share a first token, so the model's answer cannot tell them apart")
-        out: list[dict[str, float]] = [{} for _ in requests]
         for positions, ids, mask in self._batches(requests, f"judge [{self.name}]"):
             with torch.no_grad():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
             probs = torch.softmax(logits, dim=-1).cpu()
+            yield positions, [{o: float(probs[row, tokens].sum()) for o, tokens in token_sets.items()}
+                              for row in range(len(positions))]
+
+
+def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int, device, *,
+                          left_pad: bool = True, desc: str = "generate", progress: bool = True):
+    """Yields (positions, input_ids, attention_mask) for token-id lists, longest first, `batch_size` at a time,
+    padded with `pad_id` on the left (decoder-only generation) or the right (encoder inputs), on `device`.
+    Sorting by length keeps the padding, and so the wasted compute, small. Shared by every generator of trl-mars
+    (this engine, the seq2seq back-end)."""
+    import torch
+
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    with tqdm(total=len(order), desc=desc, unit="input", leave=False, disable=not progress or None) as bar:
+        for start in range(0, len(order), batch_size):
+            positions = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in positions)
+            ids = torch.full((len(positions), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(positions), width), dtype=torch.long)
             for row, i in enumerate(positions):
-                out[i] = {o: float(probs[row, tokens].sum()) for o, tokens in token_sets.items()}
-        return out
+                span = slice(width - len(encoded[i]), width) if left_pad else slice(0, len(encoded[i]))
+                ids[row, span] = torch.as_tensor(list(encoded[i]), dtype=torch.long)
+                mask[row, span] = 1
+            yield positions, ids.to(device), mask.to(device)
+            bar.update(len(positions))
+            logger.debug("%s: %d/%d", desc, min(start + batch_size, len(order)), len(order))
 
 
 def _ready_tokenizer(tokenizer):

@@ -38,19 +38,24 @@ def build_chat_client(args: MarsRewardConfig, model: str, cache: AugmentationCac
     return client
 
 
+# The local engine's seed does not follow the training seed: a paraphrase is then a function of its text alone, so
+# every seed, strategy and run that asks for the same text shares the cached answer (a comparison grid pays for
+# each generation once), and seeds still differ in which texts they ask for.
+LOCAL_GENERATION_SEED = 42
+
+
 def build_local_engine(args: MarsRewardConfig, model: str | None, cache: AugmentationCache):
     """The in-process generation engine on `model` (default the packaged SmolLM2-135M-Instruct). One engine per
-    model and cache per process: the paraphraser, the refiner and the judge share its weights."""
+    model and cache: the paraphraser, the refiner, the judge and West-of-N share its weights."""
     from .engine import DEFAULT_LOCAL_MODEL, LocalEngine
 
     model = model or DEFAULT_LOCAL_MODEL
     # kept on the cache object, so that the engines live exactly as long as the run's cache
-    engines: dict[tuple[str, int], LocalEngine] = cache.__dict__.setdefault("local_engines", {})
-    key = (model, args.effective_mars_seed)
-    if key not in engines:
-        engines[key] = LocalEngine(model, cache=cache, seed=args.effective_mars_seed,
-                                   batch_size=args.mars_paraphraser_batch_size)
-    return engines[key]
+    engines: dict[str, LocalEngine] = cache.__dict__.setdefault("local_engines", {})
+    if model not in engines:
+        engines[model] = LocalEngine(model, cache=cache, seed=LOCAL_GENERATION_SEED,
+                                     batch_size=args.mars_paraphraser_batch_size)
+    return engines[model]
 
 
 def build_text_generator(args: MarsRewardConfig, backend: str, model: str | None,

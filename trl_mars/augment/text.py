@@ -13,6 +13,7 @@ applied after the cache so that its thresholds can change without generating aga
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -93,12 +94,32 @@ class TextParaphraser:
         return {**self.generator.fingerprint(), "temperature": self.temperature,
                 "max_new_tokens": self.max_new_tokens, **self.template.fingerprint}
 
+    def token_budget(self, text: str) -> int:
+        """New tokens allowed for a paraphrase of `text`: about 1.5 times its length (estimated from words, since a
+        generator's tokenizer may be remote) plus a margin, rounded up to a multiple of 32, at most
+        `max_new_tokens`. A paraphrase is not much longer than its source, and a batch generates until its longest
+        answer stops: without this, one rambling answer costs every short text in its batch the full cap."""
+        estimate = 1.5 * 1.4 * len(text.split()) + 16
+        return int(min(self.max_new_tokens, 32 * math.ceil(estimate / 32)))
+
+    def answers(self, texts: Sequence[str], n: int) -> list[list[str | None]]:
+        """The generator's raw answers, `n` per text, asked in groups of equal token budget."""
+        answers: list[list[str | None]] = [[] for _ in texts]
+        groups: dict[int, list[int]] = {}
+        for i, text in enumerate(texts):
+            groups.setdefault(self.token_budget(text), []).append(i)
+        for budget, members in sorted(groups.items()):
+            out = self.generator.generate([self.template.render(text=texts[i]) for i in members], samples=n,
+                                          temperature=self.temperature, max_new_tokens=budget)
+            for i, answer in zip(members, out):
+                answers[i] = answer
+        return answers
+
     def paraphrase(self, texts: Sequence[str], n: int) -> list[list[str]]:
         self.last_failed = set()
         if n <= 0 or not texts:
             return [[] for _ in texts]
-        answers = self.generator.generate([self.template.render(text=t) for t in texts], samples=n,
-                                          temperature=self.temperature, max_new_tokens=self.max_new_tokens)
+        answers = self.answers(texts, n)
         out = []
         for i, (text, raw) in enumerate(zip(texts, answers)):
             if raw and all(a is None for a in raw):
