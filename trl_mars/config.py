@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
         "mars_refiner", "mars_refiner_model", "mars_refiner_max_attempts", "mars_label_check", "mars_harm_check",
     ),
     "MARS: OpenAI-compatible endpoint": (
-        "mars_chat_base_url", "mars_chat_model", "mars_chat_answer_format", "mars_chat_api_key_env",
+        "mars_chat_base_url", "mars_chat_model", "mars_chat_answer_format", "mars_chat_extra_body",
+        "mars_chat_api_key_env",
         "mars_chat_max_concurrency",
         "mars_chat_timeout", "mars_chat_max_retries",
     ),
@@ -332,6 +334,12 @@ class MarsRewardConfig(RewardConfig):
         metadata={"help": "Base URL of an OpenAI-compatible API. Default: the OPENAI_BASE_URL variable, else OpenAI."},
     )
     mars_chat_model: str = field(default="gpt-4.1-mini", metadata={"help": "Chat model for 'chat' paraphrasing."})
+    mars_chat_extra_body: str | None = field(
+        default=None,
+        metadata={"help": "Extra fields for every chat request body, as a JSON object, for endpoint-specific switches "
+                  "(part of the cache key). Example: `transformers serve` decodes greedily unless asked "
+                  "'{\"generation_config\": \"{\\\"do_sample\\\": true}\"}'."},
+    )
     mars_chat_answer_format: str = field(
         default="json",
         metadata={"help": "How the chat back-ends ask for answers: 'json' (a JSON object, with a strict schema "
@@ -424,6 +432,14 @@ class MarsRewardConfig(RewardConfig):
             raise ValueError(f"`mars_won_candidates` must be >= 2 (best vs worst needs two candidates), got "
                              f"{self.mars_won_candidates}.")
         choice("mars_chat_answer_format", CHAT_ANSWER_FORMATS)
+        if self.mars_chat_extra_body is not None:
+            try:
+                extra = json.loads(self.mars_chat_extra_body)
+            except ValueError as exc:
+                raise ValueError(f"`mars_chat_extra_body` must be a JSON object, got {self.mars_chat_extra_body!r} "
+                                 f"({exc}).") from None
+            if not isinstance(extra, dict):
+                raise ValueError(f"`mars_chat_extra_body` must be a JSON object, got {self.mars_chat_extra_body!r}.")
         if not (math.isfinite(self.mars_temperature) and self.mars_temperature >= 0):
             raise ValueError(f"`mars_temperature` must be >= 0, got {self.mars_temperature!r}.")
         low, high = self.paraphrase_similarity_bounds

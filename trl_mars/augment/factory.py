@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from ..config import DEFAULT_SEQ2SEQ_PARAPHRASER, MarsRewardConfig
@@ -33,6 +34,7 @@ def build_chat_client(args: MarsRewardConfig, model: str, cache: AugmentationCac
         max_retries=args.mars_chat_max_retries,
         max_concurrency=args.mars_chat_max_concurrency,
         cache=cache,
+        extra_body=json.loads(args.mars_chat_extra_body) if args.mars_chat_extra_body else None,
     )
     client.check_connection()
     return client
@@ -65,7 +67,7 @@ def build_text_generator(args: MarsRewardConfig, backend: str, model: str | None
         return build_local_engine(args, model, cache)
     from .client import ChatTextGenerator
 
-    return ChatTextGenerator(build_chat_client(args, model or args.mars_chat_model, cache))
+    return ChatTextGenerator(build_chat_client(args, model or args.mars_chat_model, cache), seed=LOCAL_GENERATION_SEED)
 
 
 def build_paraphraser(args: MarsRewardConfig, cache: AugmentationCache, embedder: Embedder | None = None
