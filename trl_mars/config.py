@@ -409,7 +409,8 @@ class MarsRewardConfig(RewardConfig):
         if self.mars_enabled and self.max_steps > 0:
             raise ValueError(
                 "MARS rounds are tied to epochs (one round per epoch); `max_steps` would cut the schedule at an "
-                "arbitrary point. Unset `max_steps` and use `num_train_epochs` (and `mars_rounds`)."
+                "arbitrary point. Unset `max_steps` and use `num_train_epochs` (and `mars_rounds`), or train without "
+                "rounds with `mars_strategy='none'`."
             )
 
     @property

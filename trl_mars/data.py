@@ -119,11 +119,13 @@ def validate_preference_dataset(dataset: Any, *, name: str = "train", require_te
             aliases = [alias for alias in _COLUMN_ALIASES[required] if alias in columns]
             fix = (f"rename it: `dataset.rename_column('{aliases[0]}', '{required}')`." if aliases
                    else f"provide a '{required}' column (standard text or a list of chat messages).")
+            message = f"missing column '{required}' (columns: {sorted(columns)})."
             if tokenized:
+                message = (f"the dataset is pre-tokenised (columns: {sorted(columns)}) and has no '{required}' text "
+                           "column, which MARS rounds need: they paraphrase text.")
                 fix = ("pass the text dataset (prompt/chosen/rejected), not a tokenised one: MARS paraphrases text. "
                        "Pre-tokenised data trains with `mars_strategy='none'`.")
-            raise PreferenceDataError(f"missing column '{required}' (columns: {sorted(columns)}).",
-                                      dataset=name, column=required, fix=fix)
+            raise PreferenceDataError(message, dataset=name, column=required, fix=fix)
     if "prompt" not in columns:
         misplaced = [alias for alias in _COLUMN_ALIASES["prompt"] if alias in columns]
         if misplaced:
