@@ -79,7 +79,7 @@ def test_short_round_replans_lr_eval_once_per_epoch_and_quiet_console(tmp_path, 
     text = console.out + console.err
     assert "[MARS] round 1 (epoch 1)" in text and "[MARS] round 2 (epoch 2)" in text and "48 short of budget" in text
     assert "'mars/" not in text  # raw figures go to loggers, not the console
-    logged = [entry for entry in trainer.state.log_history if "mars/round" in entry]
+    logged = [entry for entry in trainer.mars_callback.log_history if "mars/round" in entry]
     assert [entry["mars/round"] for entry in logged] == [1, 2]
 
 

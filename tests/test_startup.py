@@ -17,7 +17,7 @@ from conftest import mars_args, tiny_rows
 from trl_mars import MarsRewardTrainer
 from trl_mars.augment.model_source import ModelSourceError
 from trl_mars.config import PACKAGED_MINILM, MarsRewardConfig
-from trl_mars.preflight import PreflightError, check_models, check_pretrained, reward_peft_config
+from trl_mars.preflight import PreflightError, check_models, check_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 UNCACHED_HUB_ID = "trl-mars-tests/no-such-encoder"  # a valid Hub id that no cache holds
@@ -73,8 +73,10 @@ def test_config_error_is_one_message(tmp_path):
 # ------------------------------------------------------------------ start-up checks
 
 
-def test_unloadable_embedder_fails_at_construction_with_the_fix(tmp_path, minilm_path, tiny_dataset):
-    args = mars_args(tmp_path, mars_embedding_model=UNCACHED_HUB_ID)
+def test_unloadable_embedder_fails_at_construction_with_the_fix(tmp_path, minilm_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("TRL_MARS_TEST_KEY", "x")  # a refiner: the run needs the embedder
+    args = mars_args(tmp_path, mars_embedding_model=UNCACHED_HUB_ID, mars_refiner="chat",
+                     mars_chat_api_key_env="TRL_MARS_TEST_KEY")
     start = time.perf_counter()
     with pytest.raises(PreflightError) as error:
         MarsRewardTrainer(model=minilm_path, args=args, train_dataset=tiny_dataset)
@@ -109,8 +111,12 @@ def test_only_the_models_the_config_needs_are_checked(tmp_path, minilm_path, mon
 
     check_models(minilm_path, config(mars_embedding_model=PACKAGED_MINILM))
     check_models(minilm_path, config(mars_strategy="uniform", mars_embedding_model="org/never-used"))  # not needed
+    # the embedder only picks the pairs a refiner rewrites: without one it is neither checked nor loaded
+    check_models(minilm_path, config(mars_embedding_model="org/not-cached"))
+    monkeypatch.setenv("TRL_MARS_TEST_KEY", "x")
     with pytest.raises(ModelSourceError, match="mars_embedding_model"):
-        check_models(minilm_path, config(mars_embedding_model="org/not-cached"))
+        check_models(minilm_path, config(mars_embedding_model="org/not-cached", mars_refiner="chat",
+                                         mars_chat_api_key_env="TRL_MARS_TEST_KEY"))
     with pytest.raises(ModelSourceError, match="mars_paraphraser_model"):
         check_models(minilm_path, config(mars_embedding_model=PACKAGED_MINILM, mars_paraphraser="seq2seq",
                                          mars_paraphraser_model="org/not-cached-t5"))
@@ -152,31 +158,44 @@ def test_path_model_and_embedder_train(tmp_path, minilm_path, tiny_dataset, tiny
     summary = json.loads((tmp_path / "mars" / "summary.json").read_text())
     assert summary["config"]["mars_embedding_model"] == minilm_path
     assert summary["rounds"][0]["synthetic_pairs_added"] == len(tiny_dataset)
-    assert "semantic" in summary
+    assert "semantic" not in summary  # no refiner, so no semantic labels and no embedder loaded
 
 
 # ------------------------------------------------------------------ PEFT
 
 
-def test_lora_trains_the_score_head(tmp_path, minilm_path, tiny_dataset, caplog):
+def test_lora_config_is_passed_as_given_unless_peft_cannot_apply_it(tmp_path, minilm_path, tiny_dataset, caplog):
     from peft import LoraConfig
     from trl import ModelConfig, get_peft_config
 
-    peft_config = get_peft_config(ModelConfig(use_peft=True, lora_r=4, lora_alpha=8,
-                                              lora_target_modules=["query", "value"]))
-    assert peft_config.task_type == "CAUSAL_LM"  # TRL's default: the reason for the fix
-    args = mars_args(tmp_path, num_train_epochs=1, mars_strategy="none", learning_rate=1e-2)
-    with caplog.at_level(logging.INFO, logger="trl_mars"):
-        trainer = MarsRewardTrainer(model=minilm_path, args=args, train_dataset=tiny_dataset, peft_config=peft_config)
-    assert peft_config.task_type == "CAUSAL_LM"  # the caller's config is not changed
-    assert any("set to SEQ_CLS" in r.getMessage() for r in caplog.records)
-    head = trainer.model.base_model.model.classifier
-    initial = head.original_module.weight.detach().clone()
-    trainable = head.modules_to_save["default"].weight
-    assert trainable.requires_grad
+    def build(name, peft_config):
+        args = mars_args(tmp_path / name, num_train_epochs=1, mars_strategy="none", learning_rate=1e-2)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trl_mars"):
+            return MarsRewardTrainer(model=minilm_path, args=args, train_dataset=tiny_dataset, peft_config=peft_config)
+
+    # no task type (a bare LoraConfig): as given, as RewardTrainer uses it; only the adapters train, and we say so
+    trainer = build("as_given", LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    assert any("reward head stays at its random initialisation" in r.getMessage() for r in caplog.records)
+    trainable = [name for name, param in trainer.model.named_parameters() if param.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert not any("modules_to_save" in name for name, _ in trainer.model.named_parameters())
+
+    # CAUSAL_LM (TRL's get_peft_config) makes PEFT fail on a sequence classifier: a SEQ_CLS copy, with a warning
+    causal = get_peft_config(ModelConfig(use_peft=True, lora_r=4, lora_alpha=8,
+                                         lora_target_modules=["query", "value"]))
+    assert causal.task_type == "CAUSAL_LM"
+    trainer = build("causal", causal)
+    assert causal.task_type == "CAUSAL_LM"  # the caller's config is not changed
+    assert any("task_type='SEQ_CLS'" in r.getMessage() for r in caplog.records)
+    head = trainer.model.base_model.model.classifier.modules_to_save["default"].weight
+    initial = head.detach().clone()
     trainer.train()
-    assert not torch.equal(trainable.detach(), initial)
-    assert isinstance(reward_peft_config(LoraConfig(task_type="SEQ_CLS"), minilm_path), LoraConfig)
+    assert not torch.equal(head.detach(), initial)  # the head trains
+
+    # SEQ_CLS: as given, no warning
+    build("seq_cls", LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"]))
+    assert not caplog.records
 
 
 # ------------------------------------------------------------------ --help, cores, console

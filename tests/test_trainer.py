@@ -64,7 +64,7 @@ def test_mars_rounds_leave_evidence(tmp_path, minilm_path, tiny_dataset, tiny_ev
             assert set(row) >= {"index", "margin", "prob", "budget", "n_chosen", "n_rejected", "semantic_distance",
                                 "semantic_label", "refined"}
             assert row["n_chosen"] == row["budget"] // 2 and row["n_chosen"] + row["n_rejected"] == row["budget"]
-            assert row["semantic_label"] in ("high", "low")
+            assert row["semantic_label"] is None  # labels only choose what a refiner rewrites: none here
             assert row["refined"] is None  # no refiner configured
         # A lower margin never gets a smaller budget (signed allocation, largest remainder).
         ordered = sorted(allocation, key=lambda row: row["margin"])
@@ -91,13 +91,15 @@ def test_mars_rounds_leave_evidence(tmp_path, minilm_path, tiny_dataset, tiny_ev
         assert 0 < entry["allocation_entropy"] <= entry["allocation_entropy_uniform"] + 1e-9
     assert [e["when"] for e in summary["eval"]] == ["before training", "after epoch 1 (round 1)",
                                                    "after epoch 2 (round 2)"]
-    assert summary["semantic"]["high_distance"] + summary["semantic"]["low_distance"] == n
+    assert "semantic" not in summary
     # One schedule over growing epochs: 48 pairs then 80 pairs, batch 4.
     assert len(trainer.train_dataset) == n + 2 * budget
     assert trainer.state.global_step == trainer.state.max_steps == 48 // 4 + 80 // 4
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
-    logged = [entry for entry in trainer.state.log_history if "mars/round" in entry]
+    logged = [entry for entry in trainer.mars_callback.log_history if "mars/round" in entry]
     assert [entry["mars/round"] for entry in logged] == [1, 2]
+    assert not any(key.startswith("mars/") or key.endswith("_pairwise_accuracy")
+                   for entry in trainer.state.log_history for key in entry)  # Trainer's entries only
 
 
 def test_uniform_strategy_spreads_budget_evenly(tmp_path, minilm_path, tiny_dataset):

@@ -49,7 +49,7 @@ from .evidence import Evidence, eval_line, read_jsonl, round_figures, round_line
 from .loop import GrowingDatasetLoop, with_growing_dataset
 from .rounds import RoundInputs, RoundResult, pair_key, run_round
 from .schedule import RoundSchedule, round_epochs
-from .scoring import score_margins, score_sequences
+from .scoring import NonFiniteRewardsError, score_margins, score_sequences
 
 logger = logging.getLogger("trl_mars")
 MARS_STATE_FILE = "mars_state.json"
@@ -104,6 +104,9 @@ class MarsAugmentationCallback(TrainerCallback):
         self._checked_epoch: int | None = None
         # 'adaboost': the current loss weight of each original tuple, indexed by its `source_index` value
         self.example_weights = None
+        # Every figure this callback sent to the trainer's loggers, with its step. Kept here, not in
+        # `state.log_history`, so Trainer's own entries keep their places (see `log_figures`).
+        self.log_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- set-up
 
@@ -195,10 +198,13 @@ class MarsAugmentationCallback(TrainerCallback):
             from .west_of_n import build_generator
 
             self.won_generator = build_generator(args, self.paraphraser, self.cache)
-        if args.uses_semantic_labels and self.embedder is None:
-            self.embedder = build_embedder(args)
-        if args.uses_semantic_labels and self.refiner is None and args.mars_refiner != "none":
+        # The embedder is loaded only where its output is read: the semantic labels pick the pairs the refiner
+        # rewrites, so without a refiner (the default, `mars_refiner="none"`) no embedding model is needed.
+        if args.uses_semantic_labels and self.refiner is None:
+            self.embedder = self.embedder or build_embedder(args)
             self.refiner = build_refiner(args, self.embedder, self.cache, reward_check=self.reward_check)
+        elif args.mars_strategy == "mars" and self.refiner is not None and self.embedder is None:
+            self.embedder = build_embedder(args)  # an injected refiner with `mars_refiner="none"`
         return self.paraphraser, self.embedder, self.refiner
 
     # ---------------------------------------------------------- callback events
@@ -207,7 +213,7 @@ class MarsAugmentationCallback(TrainerCallback):
         self._epochs_begun, self._epochs_run, self._checked_epoch = [], {}, None
         if self.enabled and state.global_step > 0:
             self._expected_resume = self.schedule.position(state.global_step, self.added)
-        if state.global_step == 0 and not args.eval_on_start:
+        if self.enabled and state.global_step == 0 and not args.eval_on_start:
             self.report_heldout("before training")
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -231,11 +237,11 @@ class MarsAugmentationCallback(TrainerCallback):
         epoch = self._epochs_begun[-1] if self._epochs_begun else self._current_epoch(state) - 1
         if self.enabled and self._epoch_start is not None:
             self._record_epoch_time(epoch, time.perf_counter() - self._epoch_start)
-        if args.eval_strategy != "epoch":  # with "epoch", Trainer's own evaluation feeds the report
+        if self.enabled and args.eval_strategy != "epoch":  # with "epoch", Trainer's evaluation feeds the report
             self.report_heldout(self._after_epoch(epoch))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if args.eval_strategy != "epoch" or not metrics:
+        if not self.enabled or args.eval_strategy != "epoch" or not metrics:
             return
         epoch = self._epochs_begun[-1] if self._epochs_begun else 0
         for name, _ in heldout.named_eval_datasets(self.trainer.eval_dataset):
@@ -269,12 +275,16 @@ class MarsAugmentationCallback(TrainerCallback):
         trainer, args = self.trainer, self.args
         start = time.perf_counter()
         timings: dict[str, float] = {}
-        margins = self.score_margins(round_index)
+        try:
+            margins = self.score_margins(round_index)
+        except NonFiniteRewardsError as error:
+            self.skip_round(round_index, epoch, error)
+            return None
         timings["score"] = time.perf_counter() - start
         self.after_scoring(round_index, margins)
         self.build_backends()
         distances = labels = None
-        if args.uses_semantic_labels:
+        if args.mars_strategy == "mars" and self.refiner is not None:  # only the refiner reads the labels
             semantic_start = time.perf_counter()
             distances, labels = self.semantic_labels()
             timings["semantic"] = time.perf_counter() - semantic_start
@@ -295,9 +305,34 @@ class MarsAugmentationCallback(TrainerCallback):
             entry = {**result.summary, "epoch": epoch + 1, "timings": dict(timings), **self._backend_stats()}
             self.evidence.write_round(round_index, result.allocation_rows, result.synthetic_rows, entry)
             self._write_summary()
-            Trainer.log(trainer, round_figures(entry, len(trainer.train_dataset)))  # not RewardTrainer.log
+            self.log_figures(round_figures(entry, len(trainer.train_dataset)))
             tqdm.write(round_line(entry, len(trainer.train_dataset), timings["round_total"]))
         return result
+
+    def skip_round(self, round_index: int, epoch: int, error: NonFiniteRewardsError) -> None:
+        """A round whose margins are not finite adds nothing: the allocation cannot rank NaNs. Training goes on
+        (as `RewardTrainer` would, reporting NaN losses); the round is recorded as skipped, with the reason."""
+        reason = f"round {round_index} skipped: {error}"
+        self.completed.append({"round": round_index, "epoch": epoch, "num_synthetic": 0, "skipped": str(error)})
+        if not self.trainer.is_world_process_zero():
+            return
+        logger.warning("MARS: %s", reason)
+        entry = {"round": round_index, "epoch": epoch + 1, "skipped": str(error), "synthetic_pairs_added": 0,
+                 "nonfinite_rewards": error.count, "timings": {}}
+        self.evidence.write_round(round_index, [], [], entry)
+        self._write_summary()
+        tqdm.write(f"[MARS] {reason}")
+
+    def log_figures(self, figures: dict[str, float]) -> None:
+        """Sends MARS figures to the trainer's loggers (`report_to`, `on_log` callbacks) without appending them to
+        `state.log_history`: code that reads Trainer's entries by position (`log_history[0]`, `[-1]`) finds them
+        where `RewardTrainer` puts them. The figures are kept in `self.log_history` and in `summary.json`."""
+        trainer = self.trainer
+        logs = dict(figures)
+        if trainer.state.epoch is not None:
+            logs["epoch"] = trainer.state.epoch
+        self.log_history.append({**logs, "step": trainer.state.global_step})
+        trainer.control = trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
 
     def score_margins(self, round_index: int) -> np.ndarray:
         """Delta_i = r^{t-1}(x_i, y_i+) - r^{t-1}(x_i, y_i-) on the original pairs, sharded across ranks."""
@@ -427,6 +462,8 @@ class MarsAugmentationCallback(TrainerCallback):
     def report_heldout(self, when: str) -> None:
         """Pairwise accuracy and margin SNR on each eval set, printed once and logged."""
         for name, dataset in heldout.named_eval_datasets(self.trainer.eval_dataset):
+            if not isinstance(dataset, Dataset):  # a streamed eval set cannot be scored without consuming it
+                continue
             record = heldout.score_heldout(self.trainer, dataset, name=name, when=when,
                                            batch_size=self.args.mars_scoring_batch_size if self.args else 64)
             self._add_eval(record, log=True)
@@ -440,7 +477,7 @@ class MarsAugmentationCallback(TrainerCallback):
             if self.enabled:
                 self._write_summary()
         if log:
-            Trainer.log(self.trainer, heldout.figures(record))
+            self.log_figures(heldout.figures(record))
 
     # ------------------------------------------------------ resume and checks
 

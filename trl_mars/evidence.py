@@ -117,4 +117,6 @@ def eval_line(record: dict[str, Any]) -> str:
     mean = record.get("mean")
     return (f"[MARS] {record['when']}: {record['dataset']} pairwise accuracy {record['accuracy']:.3f}, margin SNR "
             f"{'n/a' if snr is None else f'{snr:.3f}'} (mean {'n/a' if mean is None else f'{mean:+.3f}'}"
-            + (f", n={record['n']})" if record.get("n") is not None else ")"))
+            + (f", n={record['n']})" if record.get("n") is not None else ")")
+            + (f"; {record['nonfinite']} pairs with NaN/inf rewards: training has diverged" if record.get("nonfinite")
+               else ""))

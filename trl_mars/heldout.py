@@ -30,9 +30,13 @@ def score_heldout(trainer, dataset, *, name: str, when: str, batch_size: int) ->
     margins, _ = score_margins(trainer.model_wrapped, column_values(dataset, "chosen_ids"),
                                column_values(dataset, "rejected_ids"),
                                pad_token_id=trainer.processing_class.pad_token_id, batch_size=batch_size,
-                               accelerator=trainer.accelerator, desc=f"Scoring {name} pairs")
-    return {"when": when, "dataset": name, "accuracy": float(np.mean(margins > 0)), **margin_statistics(margins),
-            "global_step": trainer.state.global_step, "source": "scorer"}
+                               accelerator=trainer.accelerator, desc=f"Scoring {name} pairs", allow_nonfinite=True)
+    record = {"when": when, "dataset": name, "global_step": trainer.state.global_step, "source": "scorer"}
+    nonfinite = int((~np.isfinite(margins)).sum())
+    if nonfinite:  # a diverged model: report it as NaN figures, as Trainer's evaluation would, instead of failing
+        return {**record, "accuracy": float("nan"), "n": int(margins.size), "mean": float("nan"), "snr": None,
+                "nonfinite": nonfinite}
+    return {**record, "accuracy": float(np.mean(margins > 0)), **margin_statistics(margins)}
 
 
 def from_evaluate(metrics: dict[str, float], *, name: str, when: str, global_step: int) -> dict[str, Any] | None:

@@ -13,8 +13,10 @@ The model checks are the back-ends' own (`augment.model_source.check_model_sourc
 `check_embedding_model` / `check_seq2seq_model` for the back-ends); this module only decides which ones a run needs.
 A failure raises `PreflightError` (the same class as `ModelSourceError`, a `ValueError`) whose message names the
 setting and the fix. The same call also makes the start-up adjustments a user would otherwise have to know about
-(our choices, not the paper's): a sequence-classification LoRA gets `task_type="SEQ_CLS"` so its score head trains,
-CPU runs skip pinned memory, and the expected "new head" load report becomes one line (`trl_mars.console`).
+(our choices, not the paper's): CPU runs skip pinned memory, and the expected "new head" load report becomes one
+line (`trl_mars.console`). A `peft_config` is passed on as given, as `RewardTrainer` does (a warning says when
+that leaves the reward head frozen), except `task_type="CAUSAL_LM"`, which PEFT cannot apply to a sequence
+classifier: that one becomes `SEQ_CLS`, with a warning (`reward_peft_config`).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def check_models(model: Any, args: MarsRewardConfig, *, paraphraser=None, embedd
         )
     if not args.mars_enabled:
         return
-    if args.uses_semantic_labels and embedder is None:
+    if embedder is None and (args.uses_semantic_labels or (args.mars_strategy == "mars" and refiner is not None)):
         check_embedding_model(args.mars_embedding_model)
     if args.mars_strategy == "won" and args.mars_won_generator == "causal_lm":
         check_pretrained(args.mars_won_model or PACKAGED_SMOLLM2, setting="mars_won_model",
@@ -98,23 +100,55 @@ def check_models(model: Any, args: MarsRewardConfig, *, paraphraser=None, embedd
         check_chat_key(args, "mars_refiner='chat'")
 
 
-def reward_peft_config(peft_config: Any, model: Any) -> Any:
-    """A PEFT config that trains the reward head of a sequence-classification model.
+_HEAD_NAMES = ("score", "classifier")
 
-    TRL's `get_peft_config` (and a bare `LoraConfig`) default to a causal-LM task type; PEFT then wraps a
-    `*ForSequenceClassification` model without marking its head trainable, so the score head stays at its random
-    initialisation. With `task_type="SEQ_CLS"`, PEFT trains the head (`classifier`/`score`) in full. Returns a copy;
-    the caller's config is not changed. Configs without a task type (prompt tuning, ...) pass through.
+
+def reward_peft_config(peft_config: Any, model: Any) -> Any:
+    """The PEFT config `RewardTrainer` gets: the caller's, as given, except where PEFT would crash.
+
+    - `task_type="CAUSAL_LM"` (what TRL's `get_peft_config` returns) wraps a `*ForSequenceClassification` model in
+      `PeftModelForCausalLM`, which fails at once (`... has no attribute 'prepare_inputs_for_generation'`), with
+      `trl.RewardTrainer` too. Here, and only here, a copy with `task_type="SEQ_CLS"` is used instead, with a warning:
+      PEFT then trains the head in `modules_to_save`.
+    - Anything else (`LoraConfig()` without a task type, `SEQ_CLS`, ...) is passed on unchanged, so the model has
+      the parameters and the trainable set that `RewardTrainer` gives it; `warn_if_head_frozen` says when that
+      leaves the reward head at its random initialisation.
     """
-    if peft_config is None or not hasattr(peft_config, "task_type"):
+    if peft_config is None or not _is_sequence_classifier(model):
         return peft_config
-    if not _is_sequence_classifier(model) or peft_config.task_type == "SEQ_CLS":
+    if getattr(peft_config, "task_type", None) == "CAUSAL_LM":
+        peft_config = dataclasses.replace(peft_config, task_type="SEQ_CLS")
+        logger.warning(
+            "MARS: peft_config.task_type='CAUSAL_LM' cannot wrap a sequence-classification reward model (PEFT fails "
+            "with \"no attribute 'prepare_inputs_for_generation'\", in trl.RewardTrainer too); using a copy with "
+            "task_type='SEQ_CLS', which also trains the reward head. Set task_type='SEQ_CLS' to silence this.")
         return peft_config
-    previous = peft_config.task_type
-    peft_config = dataclasses.replace(peft_config, task_type="SEQ_CLS")
-    logger.info(
-        "MARS: peft_config.task_type was %s; set to SEQ_CLS so the reward head trains with the adapter.", previous
-    )
+    return warn_if_head_frozen(peft_config, model)
+
+
+def warn_if_head_frozen(peft_config: Any, model: Any) -> Any:
+    """Returns `peft_config` unchanged (as `RewardTrainer` uses it) and warns when the reward head will not train.
+
+    A `LoraConfig` without `task_type="SEQ_CLS"`, without the head in `modules_to_save` and without it among the
+    `target_modules` (TRL's `get_peft_config` and a bare `LoraConfig()` are all three) leaves the score head of a
+    sequence-classification model frozen at its random initialisation; only the adapters train. `RewardTrainer`
+    does the same, so we do not change the config (an earlier version swapped in a `SEQ_CLS` copy for any task type,
+    which changed the parameter layout and names under the user's feet); we say what happens and how to train the
+    head.
+    """
+    if (peft_config is None or not _is_sequence_classifier(model) or not hasattr(peft_config, "target_modules")
+            or getattr(peft_config, "task_type", None) == "SEQ_CLS"):
+        return peft_config
+    named = [*(getattr(peft_config, "modules_to_save", None) or [])]
+    targets = getattr(peft_config, "target_modules", None)
+    named += [targets] if isinstance(targets, str) else list(targets or [])
+    if any(head in str(name) for name in named for head in _HEAD_NAMES):
+        return peft_config
+    logger.warning(
+        "MARS: with this peft_config (task_type=%s, no 'score'/'classifier' in modules_to_save) the reward head "
+        "stays at its random initialisation and only the adapters train, as with trl.RewardTrainer. To train the "
+        "head, set `task_type=\"SEQ_CLS\"` or `modules_to_save=[\"score\"]` (\"classifier\" for BERT-like "
+        "encoders) in the LoraConfig.", getattr(peft_config, "task_type", None))
     return peft_config
 
 

@@ -18,6 +18,17 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 
+class NonFiniteRewardsError(FloatingPointError):
+    """The model returned NaN or infinite rewards: training has diverged (or overflowed in fp16)."""
+
+    def __init__(self, count: int, total: int, what: str = "sequences"):
+        super().__init__(
+            f"the reward model returned NaN or infinite rewards for {count} of {total} {what}: training has "
+            "diverged (a learning rate too high for the model, or fp16 overflow). Lower `learning_rate`, train in "
+            "bf16 or fp32 instead of fp16, or clip gradients (`max_grad_norm`).")
+        self.count, self.total = count, total
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int, num_shards: int) -> list[list[list[int]]]:
     """Splits sequence indices into length-sorted batches and deals them round-robin to `num_shards` shards.
 
@@ -43,8 +54,13 @@ def score_sequences(
     batch_size: int,
     accelerator,
     desc: str = "Scoring",
+    allow_nonfinite: bool = False,
 ) -> np.ndarray:
-    """Scalar rewards for token sequences, sharded over `accelerator.num_processes`; the same result on all ranks."""
+    """Scalar rewards for token sequences, sharded over `accelerator.num_processes`; the same result on all ranks.
+
+    Raises `NonFiniteRewardsError` if the model returns NaN/inf rewards (a diverged model), unless
+    `allow_nonfinite`, which returns them as they are.
+    """
     lengths = [len(sequence) for sequence in sequences]
     shards = plan_batches(lengths, batch_size, accelerator.num_processes)
     my_batches = shards[accelerator.process_index]
@@ -71,10 +87,15 @@ def score_sequences(
     if accelerator.num_processes > 1:
         results = gather_object(results)
     scores = np.full(len(sequences), np.nan, dtype=np.float64)
+    scored = np.zeros(len(sequences), dtype=bool)
     for index, reward in results:
         scores[index] = reward
-    if np.isnan(scores).any():  # would mean a planning bug; never hand NaNs to the allocation
-        raise RuntimeError(f"{int(np.isnan(scores).sum())} sequences were not scored.")
+        scored[index] = True
+    if not scored.all():  # would mean a planning bug
+        raise RuntimeError(f"{int((~scored).sum())} sequences were not scored (a batch-planning bug).")
+    nonfinite = int((~np.isfinite(scores)).sum())
+    if nonfinite and not allow_nonfinite:  # never hand NaNs to the allocation
+        raise NonFiniteRewardsError(nonfinite, len(scores))
     return scores
 
 
@@ -87,12 +108,15 @@ def score_margins(
     batch_size: int,
     accelerator,
     desc: str = "Scoring margins",
+    allow_nonfinite: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (margins, chosen_rewards) with margin_i = r(x_i, y_i+) - r(x_i, y_i-).
 
-    `batch_size` counts pairs; each forward pass holds 2 * batch_size sequences.
+    `batch_size` counts pairs; each forward pass holds 2 * batch_size sequences. NaN/inf rewards raise
+    `NonFiniteRewardsError` unless `allow_nonfinite` (see `score_sequences`).
     """
     rewards = score_sequences(model, list(chosen_ids) + list(rejected_ids), pad_token_id=pad_token_id,
-                              batch_size=2 * batch_size, accelerator=accelerator, desc=desc)
+                              batch_size=2 * batch_size, accelerator=accelerator, desc=desc,
+                              allow_nonfinite=allow_nonfinite)
     chosen, rejected = rewards[: len(chosen_ids)], rewards[len(chosen_ids) :]
     return chosen - rejected, chosen

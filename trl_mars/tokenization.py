@@ -51,16 +51,22 @@ def _batched(tokenizer, texts: list[str], **kwargs) -> dict[str, list[int]]:
     return dict(zip(unique, tokenizer(unique, **kwargs)["input_ids"]))
 
 
+# Per-row columns that change how a conversation is rendered (TRL passes them to the chat template); synthetic rows
+# carry their original's values.
+ROW_TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")
+
+
 def _per_text(rows: Sequence[dict[str, Any]], tokenizer) -> dict[str, list[list[int]]]:
     """`tokenize_pair` once per distinct (prompt, response)."""
     memo: dict[str, list[int]] = {}
     out: dict[str, list[list[int]]] = {f"{side}_ids": [] for side in SIDES}
     for row in rows:
+        extras = {k: row[k] for k in ROW_TEMPLATE_COLUMNS if row.get(k) is not None}  # tools, template kwargs
         for side in SIDES:
-            key = json.dumps([row.get("prompt"), row[side]], ensure_ascii=False)
+            key = json.dumps([row.get("prompt"), row[side], extras], ensure_ascii=False, sort_keys=True, default=str)
             if key not in memo:
                 memo[key] = tokenize_pair({"prompt": row.get("prompt"), "chosen": row[side],
-                                           "rejected": row[side]}, tokenizer)["chosen_ids"]
+                                           "rejected": row[side], **extras}, tokenizer)["chosen_ids"]
             out[f"{side}_ids"].append(memo[key])
     return out
 
@@ -69,7 +75,8 @@ def tokenize_pairs(rows: Sequence[dict[str, Any]], tokenizer) -> dict[str, list[
     """`{"chosen_ids": [...], "rejected_ids": [...]}` for explicit-prompt rows, equal to `tokenize_pair` per row."""
     if not rows:
         return {f"{side}_ids": [] for side in SIDES}
-    chat = any(not isinstance(row.get("prompt") or "", str) or not isinstance(row["chosen"], str) for row in rows)
+    chat = any(not isinstance(row.get("prompt") or "", str) or not isinstance(row["chosen"], str)
+               or any(row.get(k) is not None for k in ROW_TEMPLATE_COLUMNS) for row in rows)
     fast = getattr(tokenizer, "is_fast", False)
     if chat or not fast:
         return _per_text(rows, tokenizer)

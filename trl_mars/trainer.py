@@ -17,6 +17,7 @@ How it fits into `transformers.Trainer`:
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from datasets import Dataset, IterableDataset
@@ -27,7 +28,9 @@ from .adaboost import WeightedLossMixin
 from .callback import MarsAugmentationCallback
 from .config import MarsRewardConfig
 from .data import (
+    LEGACY_TOKENIZED_COLUMNS,
     TEXT_COLUMNS,
+    TOKENIZED_COLUMNS,
     column_values,
     to_explicit_prompt,
     tokenize_pair,
@@ -37,7 +40,7 @@ from .data import (
 from .heldout import named_eval_datasets
 from .loop import GrowingDatasetLoop
 from .preflight import as_model_id, prepare_start
-from .tokenization import tokenize_pairs
+from .tokenization import ROW_TEMPLATE_COLUMNS, tokenize_pairs
 
 logger = logging.getLogger("trl_mars")
 _KEEP_COLUMNS = ("chosen_ids", "rejected_ids", "margin", "source_index")
@@ -130,8 +133,12 @@ class MarsRewardTrainer(GrowingDatasetLoop, WeightedLossMixin, RewardTrainer):
         )
         if args.mars_enabled:
             texts = {column: column_values(originals_text, column) for column in TEXT_COLUMNS}
-            callback.originals = [{column: texts[column][j] for column in TEXT_COLUMNS}
-                                  for j in column_values(self.train_dataset, "source_index")]
+            order = column_values(self.train_dataset, "source_index")
+            callback.originals = [{column: texts[column][j] for column in TEXT_COLUMNS} for j in order]
+            # `tools` / `chat_template_kwargs` of each original, so its synthetic pairs render the same way
+            extras = {c: column_values(originals_text, c) for c in ROW_TEMPLATE_COLUMNS
+                      if c in originals_text.column_names}
+            self._mars_row_extras = [{c: values[j] for c, values in extras.items()} for j in order] if extras else None
             callback.tokenize_rows = self._mars_tokenize_rows
         self.mars_callback = callback.attach(self)
         for name, count in self._mars_truncated.items():
@@ -151,6 +158,14 @@ class MarsRewardTrainer(GrowingDatasetLoop, WeightedLossMixin, RewardTrainer):
         columns = list(dataset.column_names or [])
         if getattr(dataset, "_fingerprint", None) not in self._mars_validated:
             validate_preference_dataset(dataset, name=dataset_name)
+        if set(LEGACY_TOKENIZED_COLUMNS) <= set(columns) and not set(TOKENIZED_COLUMNS) <= set(columns):
+            warnings.warn(  # TRL's own deprecation, given here because our path below does not reach TRL's
+                "Detected legacy dataset columns `chosen_input_ids`/`rejected_input_ids`; they are deprecated and "
+                "will not be supported in v1. Please migrate to `chosen_ids`/`rejected_ids`.",
+                FutureWarning, stacklevel=2)
+            for old, new in zip(LEGACY_TOKENIZED_COLUMNS, TOKENIZED_COLUMNS):
+                dataset = dataset.rename_column(old, new)
+            columns = list(dataset.column_names or [])
         if isinstance(dataset, IterableDataset) or ({"chosen_ids", "rejected_ids"} <= set(columns)
                                                     and args.mars_truncation == "drop"):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -167,6 +182,8 @@ class MarsRewardTrainer(GrowingDatasetLoop, WeightedLossMixin, RewardTrainer):
 
     def _mars_tokenize_rows(self, rows: list[dict[str, Any]]) -> Dataset:
         """Synthetic rows -> training columns, each distinct text tokenised once; same ids as `_prepare_dataset`."""
+        if getattr(self, "_mars_row_extras", None):
+            rows = [{**row, **self._mars_row_extras[row["source_index"]]} for row in rows]
         ids = tokenize_pairs(rows, self.processing_class)
         columns: dict[str, list] = {**ids, "source_index": [row["source_index"] for row in rows]}
         if "margin" in rows[0]:
