@@ -12,6 +12,7 @@ Deterministic; the shipped files are exactly its output: `python scripts/make_al
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -25,8 +26,8 @@ def read(name: str) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
-def write(name: str, rows: list[dict]) -> None:
-    with open(RESOURCES / name, "w", encoding="utf-8") as handle:
+def write(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps({k: row[k] for k in ("id", "category", "prompt")}, ensure_ascii=False) + "\n")
 
@@ -44,10 +45,12 @@ def stratified(rows: list[dict], n: int) -> list[dict]:
     return [row for row in rows if row["id"] in chosen]
 
 
-def main() -> None:
-    write("align_prompts_train.jsonl", read("tiny_preferences_train.jsonl"))
-    write("align_prompts_heldout.jsonl", stratified(read("tiny_preferences_test.jsonl"), HELDOUT))
+def main(output_dir: Path = RESOURCES) -> None:
+    write(Path(output_dir) / "align_prompts_train.jsonl", read("tiny_preferences_train.jsonl"))
+    write(Path(output_dir) / "align_prompts_heldout.jsonl", stratified(read("tiny_preferences_test.jsonl"), HELDOUT))
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", type=Path, default=RESOURCES)
+    main(parser.parse_args().output_dir)

@@ -79,3 +79,21 @@ def test_offline_smollm2_rloo_recipe_under_accelerate_launch(tmp_path, minilm_pa
     weights = load_file(str(output / "adapter_model.safetensors"))
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and any(w.abs().max() > 0 for w in lora_b)  # LoRA B starts at zero: the policy was updated
+
+
+def test_shipped_alignment_prompts_are_the_script_output_and_hold_out_64(tmp_path):
+    import importlib.util
+
+    from trl_mars.alignment import align_prompt_files
+
+    spec = importlib.util.spec_from_file_location("make_align_prompts", ROOT / "scripts" / "make_align_prompts.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(tmp_path)
+    shipped = align_prompt_files()
+    for split, path in shipped.items():
+        assert (tmp_path / f"align_prompts_{split}.jsonl").read_bytes() == Path(path).read_bytes()
+    prompts = {split: [json.loads(line)["prompt"] for line in Path(path).read_text().splitlines()]
+               for split, path in shipped.items()}
+    assert len(prompts["heldout"]) == 64 and len(prompts["train"]) == 320
+    assert not set(prompts["heldout"]) & set(prompts["train"])
