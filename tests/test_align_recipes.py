@@ -71,7 +71,7 @@ def test_offline_smollm2_rloo_recipe_under_accelerate_launch(tmp_path, minilm_pa
                "--config", str(config), "--reward_model_name_or_path", reward, "--output_dir", str(output),
                "--max_steps", "2", "--max_train_prompts", "4", "--per_device_train_batch_size", "4",
                "--num_generations", "2", "--max_completion_length", "8"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "aligned policy (rloo) saved to" in done.stdout
     adapter = json.loads((output / "adapter_config.json").read_text())
