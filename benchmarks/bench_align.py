@@ -15,7 +15,10 @@ prompts formatted and truncated by `trl_mars.alignment.prepare_prompts` as in tr
 scores every answer with the reward model of the run, encoded as the recipe encodes it:
 
     python benchmarks/bench_align.py --evaluate outputs/smollm2-135m-instruct-rloo-offline \
-        --reward-model outputs/mars-rm-minilm-embedded --output-json outputs/align_eval.json
+        --reward-model outputs/mars-rm-minilm-embedded --max-new-tokens 32 --output-json outputs/align_eval.json
+
+The base policy's answers do not depend on the run: `--base-only --output-json base.json` generates them once (e.g.
+while the recipe trains) and `--reuse-base base.json` takes them from there (settings must match).
 
 Usage of the cost mode (one line per shape; several shapes run one after the other in one process):
 
@@ -171,12 +174,28 @@ def evaluate(args) -> dict:
                                 input_format=args.reward_input_format, device="cpu" if not torch.cuda.is_available()
                                 else None)
     policies = {"base": resolve_packaged_model(args.base_policy), "aligned": args.evaluate}
+    reused = None
+    if args.base_only:
+        policies.pop("aligned")
+    elif args.reuse_base:  # the base policy's answers from an earlier --base-only run with the same settings
+        with open(args.reuse_base, encoding="utf-8") as handle:
+            reused = json.load(handle)
+        policies.pop("base")
     out: dict = {"prompts": len(rows), "prompts_dataset": f"{args.prompts_dataset}:{args.prompts_split}",
                  "reward_model": args.reward_model, "reward_input_format": args.reward_input_format,
                  "decoding": {"do_sample": False, "max_new_tokens": args.max_new_tokens,
                               "batch_size": args.eval_batch_size},
                  "policies": {"base": args.base_policy, "aligned": args.evaluate}}
     scores, responses = {}, {}
+    if reused is not None:
+        for key in ("prompts", "prompts_dataset", "reward_model", "reward_input_format", "decoding"):
+            if reused[key] != out[key]:
+                raise SystemExit(f"--reuse-base {args.reuse_base}: {key} differs ({reused[key]} vs {out[key]}).")
+        if reused["policies"]["base"] != args.base_policy:
+            raise SystemExit(f"--reuse-base {args.reuse_base}: another base policy ({reused['policies']['base']}).")
+        out["base"] = reused["base"]
+        responses["base"] = [row["base"] for row in reused["per_prompt"]]
+        scores["base"] = np.asarray([row["reward_base"] for row in reused["per_prompt"]])
     for label, path in policies.items():
         model, tokenizer = load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu")
         prompts = prepare_prompts(rows, tokenizer, max_prompt_length=args.max_prompt_length)["prompt"]
@@ -193,11 +212,16 @@ def evaluate(args) -> dict:
               f"{out[label]['mean_words']} words/answer, generation {seconds:.0f}s", flush=True)
         del model
         gc.collect()
+    if args.base_only:
+        out["per_prompt"] = [{"prompt": p, "base": b, "reward_base": round(float(rb), 4)}
+                             for p, b, rb in zip(rows["prompt"], responses["base"], scores["base"])]
+        return out
     diff = scores["aligned"] - scores["base"]
     half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff))
     out["paired_difference"] = {"mean": round(float(diff.mean()), 4), "ci95": [round(float(diff.mean()) - half, 4),
                                                                                round(float(diff.mean()) + half, 4)],
-                                "aligned_higher": int((diff > 0).sum()), "equal": int((diff == 0).sum()),
+                                # reused base rewards are rounded to 4 decimals: closer than 1e-3 counts as equal
+                                "aligned_higher": int((diff > 1e-3).sum()), "equal": int((abs(diff) <= 1e-3).sum()),
                                 "identical_answers": sum(a == b for a, b in zip(responses["base"],
                                                                                 responses["aligned"]))}
     if args.prompts_dataset == "embedded_align":  # the shipped prompts carry the category of their preference pair
@@ -208,7 +232,7 @@ def evaluate(args) -> dict:
         categories = load_dataset("json", data_files=align_prompt_files()[args.prompts_split], split="train")["category"]
         out["by_category"] = {
             c: {label: round(float(np.mean([s for s, k in zip(scores[label], categories) if k == c])), 4)
-                for label in policies} for c in sorted(set(categories))}
+                for label in scores} for c in sorted(set(categories))}
     out["per_prompt"] = [{"prompt": p, "base": b, "aligned": a, "reward_base": round(float(rb), 4),
                           "reward_aligned": round(float(ra), 4)}
                          for p, b, a, rb, ra in zip(rows["prompt"], responses["base"], responses["aligned"],
@@ -230,6 +254,10 @@ def main() -> None:
     parser.add_argument("--prompts-split", default="heldout")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="evaluation: the recipe's max_completion_length")
     parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--base-only", action="store_true",
+                        help="evaluation: only the base policy (its answers can be reused with --reuse-base)")
+    parser.add_argument("--reuse-base", default=None, metavar="JSON",
+                        help="evaluation: the base policy's answers and rewards from an earlier --base-only run")
     parser.add_argument("--shapes", nargs="+", default=["tiny"], choices=["tiny", "tinyllama-1.1b", "llama-3.2-1b"])
     parser.add_argument("--trainer", default="rloo", choices=["rloo", "grpo"])
     parser.add_argument("--steps", type=int, default=3)
@@ -242,7 +270,7 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--output-json", default=None)
     args = parser.parse_args()
-    if args.evaluate:
+    if args.evaluate or args.base_only:
         result = evaluate(args)
         if args.output_json:
             with open(args.output_json, "w", encoding="utf-8") as handle:
