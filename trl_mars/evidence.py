@@ -98,6 +98,10 @@ def round_line(entry: dict[str, Any], train_pairs: int, seconds: float) -> str:
     moved = entry.get("budget_moved", 0)
     short = entry.get("pairs_short_of_budget", 0)
     notes = "".join([f", {moved} budget moved" if moved else "", f", {short} short of budget" if short else ""])
+    fidelity = entry.get("paraphraser_stats", {})
+    if "fidelity_kept" in fidelity:  # cumulative over the run, like every back-end counter
+        notes += (f", fidelity filter kept {fidelity['fidelity_kept']} paraphrases, dropped "
+                  f"{fidelity['fidelity_too_far']} too far + {fidelity['fidelity_near_copy']} near-copies (run total)")
     if "weights" in entry:  # adaboost: the round changes loss weights, not data
         weights = entry["weights"]
         notes += (f", loss weights {weights['min']:.2f}..{weights['max']:.2f} "

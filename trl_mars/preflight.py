@@ -27,7 +27,7 @@ from typing import Any
 from .augment.embedding import check_embedding_model
 from .augment.model_source import ModelSourceError, check_model_source, resolve_packaged_model
 from .augment.seq2seq import check_seq2seq_model
-from .config import DEFAULT_SEQ2SEQ_PARAPHRASER, PACKAGED_MINILM, MarsRewardConfig
+from .config import DEFAULT_SEQ2SEQ_PARAPHRASER, PACKAGED_MINILM, PACKAGED_SMOLLM2, MarsRewardConfig
 
 logger = logging.getLogger("trl_mars")
 
@@ -74,17 +74,26 @@ def check_models(model: Any, args: MarsRewardConfig, *, paraphraser=None, embedd
     if args.uses_semantic_labels and embedder is None:
         check_embedding_model(args.mars_embedding_model)
     if args.mars_strategy == "won" and args.mars_won_generator == "causal_lm":
-        check_pretrained(args.mars_won_model, setting="mars_won_model",
-                         fix="Give a local folder of a causal LM to write West-of-N candidates, or set "
-                             "`mars_won_generator='paraphrase'` (offline, no model).")
+        check_pretrained(args.mars_won_model or PACKAGED_SMOLLM2, setting="mars_won_model",
+                         fix=f"Give a local folder of a chat causal LM to write West-of-N candidates, use "
+                             f"'{PACKAGED_SMOLLM2}' (offline), or set `mars_won_generator='paraphrase'`.")
     if args.mars_strategy == "won" and args.mars_won_generator == "chat":
         check_chat_key(args, "mars_won_generator='chat'")
     if not args.generates_with_paraphraser:
         return
     if paraphraser is None and args.mars_paraphraser == "seq2seq":
         check_seq2seq_model(args.mars_paraphraser_model or DEFAULT_SEQ2SEQ_PARAPHRASER)
+    if paraphraser is None and args.mars_paraphraser == "local":
+        check_pretrained(args.mars_paraphraser_model or PACKAGED_SMOLLM2, setting="mars_paraphraser_model",
+                         fix=f"Give a local folder of a chat causal LM, or use '{PACKAGED_SMOLLM2}' (offline).")
+    if paraphraser is None and args.mars_paraphraser != "lexical" and embedder is None \
+            and args.paraphrase_similarity_bounds != (0.0, 1.0):
+        check_embedding_model(args.mars_embedding_model)  # the fidelity filter's embedder
     if paraphraser is None and args.mars_paraphraser == "chat":
         check_chat_key(args, "mars_paraphraser='chat'")
+    if refiner is None and args.uses_semantic_labels and args.mars_refiner == "local":
+        check_pretrained(args.refiner_model, setting="mars_refiner_model",
+                         fix=f"Give a local folder of a chat causal LM, or use '{PACKAGED_SMOLLM2}' (offline).")
     if refiner is None and args.uses_semantic_labels and args.mars_refiner == "chat":
         check_chat_key(args, "mars_refiner='chat'")
 

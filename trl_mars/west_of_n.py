@@ -20,14 +20,13 @@ deterministic generator), the draw's widest-gap pair not yet trained on is used 
 Generators (`CandidateGenerator`): `ParaphrasePoolGenerator` (the offline default: the prompt's original chosen and
 rejected responses and their paraphrases from the configured paraphraser, so the best-vs-worst pair may be
 a paraphrase of either side, ordered by the model rather than by the label), `CausalLMGenerator` (samples from a
-causal LM with `transformers` `generate`) and `ChatGenerator` (an OpenAI-compatible endpoint).
+causal LM with the in-process engine) and `ChatGenerator` (an OpenAI-compatible endpoint).
 """
 
 from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -89,69 +88,34 @@ class ParaphrasePoolGenerator:
 
 
 class CausalLMGenerator:
-    """Samples candidates from a causal LM (`transformers` `generate`, nucleus sampling, seeded).
-
-    The prompt goes through the tokenizer's chat template when it has one (as a user turn), else as plain text.
-    Prompts are generated one at a time with `num_return_sequences=n` (a baseline, not a throughput path), each
-    seeded by `seed` and the prompt text.
+    """Samples candidates from a chat causal LM with the in-process engine (`augment.engine.LocalEngine`): the prompt
+    as a user turn, nucleus sampling, candidate k of a prompt seeded by the prompt and k (the same texts however
+    generation is sharded across ranks), every answer cached when the engine has a cache.
     """
 
-    def __init__(self, model, tokenizer, *, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 0.95,
-                 seed: int = 0, name: str | None = None):
-        self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
-        self.name = name or f"causal_lm:{getattr(model.config, 'name_or_path', '') or type(model).__name__}"
+    def __init__(self, engine, *, max_new_tokens: int = 64, temperature: float = 1.0, name: str | None = None):
+        self.engine = engine
+        self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
+        self.name = name or f"causal_lm:{engine.model_id}"
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs) -> CausalLMGenerator:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def from_pretrained(cls, name_or_path: str, *, max_new_tokens: int = 64, temperature: float = 1.0,
+                        top_p: float = 0.95, seed: int = 0, cache=None) -> CausalLMGenerator:
+        from .augment.engine import LocalEngine
 
-        from accelerate import PartialState
-
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path).to(PartialState().device)  # this rank's device
-        return cls(model, tokenizer, name=f"causal_lm:{name_or_path}", **kwargs)
+        engine = LocalEngine(name_or_path, cache=cache, seed=seed, top_p=top_p)
+        return cls(engine, max_new_tokens=max_new_tokens, temperature=temperature, name=f"causal_lm:{name_or_path}")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"generator": "causal_lm", "model": self.name, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
-
-    def _encode(self, prompt: str):
-        tokenizer = self.tokenizer
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                tokenize=True, return_dict=False)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return list(ids)
-        return tokenizer(prompt)["input_ids"]
+        return {"generator": "causal_lm", **self.engine.fingerprint(), "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature}
 
     def candidates(self, rows: Sequence[dict[str, str]], n: int) -> list[list[str]]:
-        import torch
-
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        out = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for row in rows:
-                if n <= 0:
-                    out.append([])
-                    continue
-                # seeded by the prompt, not its position, so a rank's share gives the same texts as one process
-                torch.manual_seed(self.seed + zlib.crc32(row["prompt"].encode("utf-8")))
-                ids = torch.tensor([self._encode(row["prompt"])], device=device)
-                with torch.no_grad():
-                    generated = self.model.generate(
-                        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                        temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                        num_return_sequences=n, pad_token_id=pad)
-                texts = self.tokenizer.batch_decode(generated[:, ids.shape[1]:], skip_special_tokens=True)
-                out.append(_distinct(text.strip() for text in texts)[:n])
-        finally:
-            self.model.train(was_training)
-        return out
+        if n <= 0 or not rows:
+            return [[] for _ in rows]
+        answers = self.engine.generate([[{"role": "user", "content": row["prompt"]}] for row in rows], samples=n,
+                                       temperature=self.temperature, max_new_tokens=self.max_new_tokens)
+        return [_distinct(text for text in texts if text)[:n] for texts in answers]
 
 
 class ChatGenerator:
@@ -186,8 +150,12 @@ def build_generator(args, paraphraser: Paraphraser | None, cache=None) -> Candid
             raise ValueError("`mars_won_generator='paraphrase'` needs a paraphrase back-end (`mars_paraphraser`).")
         return ParaphrasePoolGenerator(paraphraser)
     if args.mars_won_generator == "causal_lm":
-        return CausalLMGenerator.from_pretrained(args.mars_won_model, max_new_tokens=args.mars_max_new_tokens,
-                                                 seed=args.effective_mars_seed)
+        from .augment.engine import DEFAULT_LOCAL_MODEL
+        from .augment.factory import build_local_engine
+
+        model = args.mars_won_model or DEFAULT_LOCAL_MODEL
+        return CausalLMGenerator(build_local_engine(args, model, cache), max_new_tokens=args.mars_max_new_tokens,
+                                 name=f"causal_lm:{model}")
     if args.mars_won_generator == "chat":
         from .augment.factory import build_chat_client
 

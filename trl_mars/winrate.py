@@ -5,7 +5,15 @@ pairwise by an LLM (GPT-4.1 by default). Where we choose: every pair is judged i
 that survives the swap counts (a prompt whose two orders disagree is a tie), which cancels position bias; every
 judgement is cached on disk, so re-runs and resumed runs pay nothing twice; intervals are 95% Wilson score
 intervals for the win, tie and loss shares and a seeded percentile bootstrap for the ties-count-half win rate.
-A reward model (`MarsRewardFunction`) can stand in for the LLM as an offline judge.
+
+Judges: `openai` (any OpenAI-compatible endpoint, `transformers serve` with the packaged SmolLM2 model included) and
+`local` (a causal LM in this process) both answer one letter, A or B, through the `TextGenerator` protocol: a small
+model does not follow JSON, so the verdict is a plain answer, and the share of answers that name A or B (the parse
+rate) goes into the summary. Their prompt (`judge_pairwise_v2`) lays the request and the answers out as labelled
+lines, not inside the `<<<...>>>` blocks of v1: SmolLM2-135M answered every v1-style block prompt by echoing a
+marker (0 of 6 verdicts parsed) and the labelled layout with a letter (12 of 12). A reward model (`MarsRewardFunction`) can stand in as an offline judge.
+Policies and the local judge take model folders, Hub ids, `packaged:` ids (`packaged:SmolLM2-135M-Instruct`) and
+saved LoRA adapters.
 """
 
 from __future__ import annotations
@@ -15,9 +23,7 @@ import logging
 import math
 import os
 import re
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -28,14 +34,13 @@ logger = logging.getLogger(__name__)
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _SECTION = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 Verdict = str | None  # "A", "B", or None (no usable answer)
 
 
 # ----------------------------------------------------------------------------------------------------- judges
 
 
-def load_judge_prompt(version: str = "v1") -> tuple[str, str, str]:
+def load_judge_prompt(version: str = "v2") -> tuple[str, str, str]:
     """(system, user template, name) of the versioned package file `augment/prompts/judge_pairwise_<version>.txt`."""
     name = f"judge_pairwise_{version}"
     path = resources.files("trl_mars.augment").joinpath("prompts", f"{name}.txt")
@@ -51,87 +56,59 @@ def _fill(template: str, fields: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: fields[m.group(1)].replace("<<<", "< < <").replace(">>>", "> > >"), template)
 
 
-def _parse_verdict(content: str | None) -> Verdict:
-    if not content:
-        return None
-    text = content.strip()
-    fenced = _FENCE.match(text)
-    if fenced:
-        text = fenced.group(1)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    better = obj.get("better") if isinstance(obj, dict) else None
-    better = better.strip().upper() if isinstance(better, str) else None
-    return better if better in ("A", "B") else None
+class TextPairwiseJudge:
+    """Asks any `TextGenerator` (see `augment.base`) which of two responses is better, as one short answer "A"/"B".
 
-
-class OpenAIPairwiseJudge:
-    """Asks an OpenAI-compatible chat endpoint which of two responses is better; answers are cached on disk.
-
-    `base_url=None` lets the `openai` client read `OPENAI_BASE_URL`. Transport errors (429, 5xx, timeouts) are
-    retried by the client; an answer that is not the requested JSON is asked again up to `max_attempts` times,
-    then counted as no verdict (never cached, so a later run asks again).
+    The generator does the work and keeps the record: `client.ChatTextGenerator` over an OpenAI-compatible endpoint
+    (`--judge openai`, retries and the answer cache of `ChatClient`), or the in-process local model (`--judge local`).
+    A small model does not follow JSON, so the verdict is a plain letter: `choose(..., ["A", "B"])`, which gives None
+    for an answer naming neither (unparseable: cached, counted, and a tie in `both_orders`). `verdicts` and
+    `unparseable` count every verdict of this judge's life, replays from the cache included, so the parse rate
+    `1 - unparseable / verdicts` describes the run whether or not the answers were cached.
     """
 
-    def __init__(self, model: str = "gpt-4.1", *, base_url: str | None = None, api_key: str | None = None,
-                 cache_dir: str | None = None, prompt_version: str = "v1", max_attempts: int = 3,
-                 max_concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5):
-        from openai import OpenAI
-
-        api_key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            raise ValueError("The OpenAI judge needs an API key. Fix: export OPENAI_API_KEY (or name another "
-                             "variable with --judge_api_key_env), or use --judge reward_model for an offline judge.")
-        self.client = OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
-        self.model = model
+    def __init__(self, generator, *, prompt_version: str = "v2"):
+        self.generator = generator
         self.system, self.user_template, self.prompt_name = load_judge_prompt(prompt_version)
-        self.max_attempts, self.max_concurrency = max_attempts, max_concurrency
-        self.cache = None
-        if cache_dir:
-            from .augment.cache import AugmentationCache
+        self.verdicts = 0
+        self.unparseable = 0
+        self.cache_hits = 0  # verdicts replayed from the generator's cache
+        self.cache_misses = 0  # verdicts computed now
 
-            self.cache = AugmentationCache(cache_dir)
-        self.requests = 0
-        self.failures = 0
+    def messages(self, prompt: str, response_a: str, response_b: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system},
+                {"role": "user", "content": _fill(self.user_template, {
+                    "prompt": prompt, "response_a": response_a, "response_b": response_b})}]
 
     @property
-    def namespace(self) -> dict[str, Any]:
-        """What a cached verdict depends on: the judge model, endpoint and the judge prompt's version and text."""
-        return {"op": "winrate_judge", "model": self.model, "base_url": str(self.client.base_url),
-                "prompt": self.prompt_name, "system": self.system, "user": self.user_template}
+    def requests(self) -> int:
+        """Verdicts computed now (not replayed from the cache)."""
+        return self.cache_misses
 
-    def _ask(self, prompt: str, response_a: str, response_b: str) -> Verdict:
-        messages = [{"role": "system", "content": self.system},
-                    {"role": "user", "content": _fill(self.user_template, {
-                        "prompt": prompt, "response_a": response_a, "response_b": response_b})}]
-        schema = {"name": "pairwise_verdict", "strict": True, "schema": {
-            "type": "object", "properties": {"better": {"type": "string", "enum": ["A", "B"]}},
-            "required": ["better"], "additionalProperties": False}}
-        for attempt in range(self.max_attempts):
-            self.requests += 1
-            completion = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=0.0, max_tokens=16,
-                response_format={"type": "json_schema", "json_schema": schema})
-            verdict = _parse_verdict(completion.choices[0].message.content if completion.choices else None)
-            if verdict is not None:
-                return verdict
-            time.sleep(min(2.0, 0.1 * 2**attempt))
-        self.failures += 1
-        return None
+    @property
+    def failures(self) -> int:
+        """Verdicts that could not be had at all (a transport failure after the retries); not unparseable ones."""
+        return int(self.generator.stats().get("failed", 0))
+
+    def parse_stats(self) -> dict[str, Any]:
+        parsed = self.verdicts - self.unparseable - self.failures
+        answered = self.verdicts - self.failures
+        return {"verdicts": self.verdicts, "unparseable": self.unparseable, "failed": self.failures,
+                "parse_rate": parsed / answered if answered else None}
 
     def judge(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[Verdict]:
-        """One verdict per (prompt, A, B) in this order of presentation."""
+        """One verdict per (prompt, A, B) in this order of presentation; identical questions are asked once."""
         keys = [json.dumps([p, a, b], ensure_ascii=False) for p, a, b in zip(prompts, responses_a, responses_b)]
-        cached = self.cache.get_many(self.namespace, keys) if self.cache is not None else {}
-        todo = sorted({k for k in keys if k not in cached})
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            answers = dict(zip(todo, pool.map(lambda k: self._ask(*json.loads(k)), todo)))
-        fresh = {k: v for k, v in answers.items() if v is not None}
-        if self.cache is not None and fresh:  # (an empty cache is falsy: it has __len__)
-            self.cache.put_many(self.namespace, fresh)
-        return [cached[k] if k in cached else answers[k] for k in keys]
+        todo = sorted(set(keys))
+        failed_before, cached_before = self.failures, int(self.generator.stats().get("cached", 0))
+        answers = dict(zip(todo, self.generator.choose([self.messages(*json.loads(k)) for k in todo], ["A", "B"])))
+        failed_now = self.failures - failed_before
+        replayed = min(len(todo), int(self.generator.stats().get("cached", 0)) - cached_before)
+        self.cache_hits += replayed
+        self.cache_misses += len(todo) - replayed
+        self.verdicts += len(todo)
+        self.unparseable += sum(v is None for v in answers.values()) - failed_now
+        return [answers[k] for k in keys]
 
 
 class RewardModelJudge:
@@ -223,17 +200,21 @@ def format_table(summary: dict[str, Any], name_a: str, name_b: str) -> str:
 
 
 def load_policy(path: str, *, dtype: str | None = None, device: str | None = None):
-    """(model, tokenizer) from a model folder/id or a saved LoRA adapter folder (merged for generation)."""
+    """(model, tokenizer) from a model folder/id, a `packaged:` id or a saved LoRA adapter folder (merged for
+    generation; its base may be a `packaged:` id too)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .augment.packaged import resolve_packaged_model
+
     kwargs = {"dtype": getattr(torch, dtype)} if dtype and dtype != "auto" else {}
+    path = resolve_packaged_model(path)
     adapter_config = os.path.join(path, "adapter_config.json")
     if os.path.isfile(adapter_config):
         from peft import PeftModel
 
         with open(adapter_config, encoding="utf-8") as handle:
-            base_name = json.load(handle)["base_model_name_or_path"]
+            base_name = resolve_packaged_model(json.load(handle)["base_model_name_or_path"])
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name, **kwargs), path)
         model = model.merge_and_unload()
     else:
@@ -253,29 +234,19 @@ def load_policy(path: str, *, dtype: str | None = None, device: str | None = Non
 def generate_responses(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 192, batch_size: int = 8,
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                        seed: int = 0) -> list[str]:
-    """Responses to `prompts` (text or chat messages) with the given decoding; the same call for every policy."""
-    import torch
-    from transformers import set_seed
+    """Responses to chat `prompts` with the given decoding, the same call for every policy: the in-process engine
+    (`augment.engine.LocalEngine`), batched and length-sorted, each prompt's answer seeded by `seed` and the prompt,
+    so both policies sample with the same seeds whatever the batch. Greedy unless `do_sample`."""
+    from .augment.engine import LocalEngine
 
-    set_seed(seed)
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list)
-             else p for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
-    responses: list[str] = [""] * len(texts)
-    decoding = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-    if do_sample:
-        decoding.update(temperature=temperature, top_p=top_p)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        # chat templates already carry their special tokens
-        inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                           add_special_tokens=not isinstance(prompts[batch[0]], list)).to(model.device)
-        with torch.no_grad():
-            output = model.generate(**inputs, **decoding)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            responses[i] = text.strip()
-    return responses
+    if any(not isinstance(p, list) for p in prompts):
+        raise ValueError("Win-rate generation needs chat prompts, so the policy needs a chat template. Fix: use an "
+                         "instruction-tuned policy (or give its tokenizer a chat template).")
+    engine = LocalEngine.from_model(model, tokenizer, seed=seed, batch_size=batch_size,
+                                    top_p=top_p if do_sample else 1.0, progress=False)
+    answers = engine.generate(list(prompts), samples=1, temperature=temperature if do_sample else 0.0,
+                              max_new_tokens=max_new_tokens)
+    return [a[0] or "" for a in answers]
 
 
 # ----------------------------------------------------------------------------------------------------- recipe
@@ -285,8 +256,10 @@ def generate_responses(model, tokenizer, prompts: Sequence, *, max_new_tokens: i
 class WinRateArguments:
     """Arguments of `recipes/winrate.py`."""
 
-    policy_a: str = field(metadata={"help": "Policy A: a model folder/id or a saved LoRA adapter folder."})
-    policy_b: str = field(metadata={"help": "Policy B (the baseline): a model folder/id or a LoRA adapter folder."})
+    policy_a: str = field(metadata={"help": "Policy A: a model folder/id, a packaged: id (e.g. "
+                                            "packaged:SmolLM2-135M-Instruct) or a saved LoRA adapter folder."})
+    policy_b: str = field(metadata={"help": "Policy B (the baseline): a model folder/id, a packaged: id or a LoRA "
+                                            "adapter folder."})
     dataset_name: str = field(metadata={"help": "Prompts: a Hub id, a .jsonl file with a 'prompt' field, or "
                                                 "'embedded'."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
@@ -299,15 +272,23 @@ class WinRateArguments:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with --do_sample)."})
     generation_batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
     dtype: str | None = field(default=None, metadata={"help": "Policy dtype, e.g. bfloat16 (default: the model's)."})
-    judge: str = field(default="openai", metadata={"help": "openai (an OpenAI-compatible LLM) or reward_model "
-                                                           "(offline: the higher reward wins).",
-                                                   "choices": ["openai", "reward_model"]})
-    judge_model: str = field(default="gpt-4.1", metadata={"help": "Judge model name at the endpoint."})
+    judge: str = field(default="openai", metadata={"help": "openai (an OpenAI-compatible LLM), local (a causal LM "
+                                                           "in this process, --judge_model; default the packaged "
+                                                           "SmolLM2) or reward_model (offline: the higher reward "
+                                                           "wins).",
+                                                   "choices": ["openai", "local", "reward_model"]})
+    judge_model: str | None = field(default=None, metadata={"help": "Judge model: its name at the endpoint for "
+                                                                   "openai (default gpt-4.1), a model folder/id or "
+                                                                   "packaged: id for local (default "
+                                                                   "packaged:SmolLM2-135M-Instruct)."})
     judge_base_url: str | None = field(default=None, metadata={"help": "Endpoint; default: $OPENAI_BASE_URL or "
                                                                        "api.openai.com."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Variable holding the API key."})
-    judge_prompt_version: str = field(default="v1", metadata={"help": "Version of judge_pairwise_<v>.txt."})
-    judge_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight at once."})
+    judge_prompt_version: str = field(default="v2", metadata={"help": "Version of judge_pairwise_<v>.txt (v2: "
+                                                                     "answer with one letter)."})
+    judge_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight at once (openai)."})
+    judge_max_tokens: int = field(default=4, metadata={"help": "Tokens an openai verdict may take (one letter "
+                                                               "needs one or two)."})
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model for --judge "
                                                                                   "reward_model."})
     cache_dir: str | None = field(default="outputs/winrate_cache", metadata={"help": "Judgement cache (SQLite); "
@@ -317,16 +298,49 @@ class WinRateArguments:
     seed: int = field(default=42, metadata={"help": "Seed for the prompt subset, sampling and the bootstrap."})
 
 
+DEFAULT_OPENAI_JUDGE = "gpt-4.1"
+DEFAULT_LOCAL_JUDGE = "packaged:SmolLM2-135M-Instruct"
+
+
 def build_judge(args: WinRateArguments):
+    """The judge the arguments name; openai is checked at once (a missing key or dead endpoint fails before any
+    policy is loaded)."""
     if args.judge == "reward_model":
         if not args.reward_model_name_or_path:
             raise ValueError("--judge reward_model needs --reward_model_name_or_path.")
         from .rewards import MarsRewardFunction
 
         return RewardModelJudge(MarsRewardFunction(args.reward_model_name_or_path))
-    return OpenAIPairwiseJudge(args.judge_model, base_url=args.judge_base_url,
-                               api_key=os.environ.get(args.judge_api_key_env), cache_dir=args.cache_dir or None,
-                               prompt_version=args.judge_prompt_version, max_concurrency=args.judge_concurrency)
+    cache = None
+    if args.cache_dir:
+        from .augment.cache import AugmentationCache
+
+        cache = AugmentationCache(args.cache_dir)
+    if args.judge == "local":
+        return TextPairwiseJudge(_local_generator(args.judge_model or DEFAULT_LOCAL_JUDGE, cache, args.seed),
+                                 prompt_version=args.judge_prompt_version)
+    from .augment.client import ChatClient, ChatTextGenerator
+
+    if not os.environ.get(args.judge_api_key_env):
+        raise ValueError(f"The OpenAI judge needs an API key. Fix: export {args.judge_api_key_env} (or name another "
+                         "variable with --judge_api_key_env), or use --judge local or --judge reward_model for an "
+                         "offline judge.")
+    client = ChatClient(args.judge_model or DEFAULT_OPENAI_JUDGE, base_url=args.judge_base_url,
+                        api_key_env=args.judge_api_key_env, max_concurrency=args.judge_concurrency, cache=cache)
+    client.check_connection()
+    generator = ChatTextGenerator(client, seed=args.seed, choose_max_tokens=args.judge_max_tokens)
+    return TextPairwiseJudge(generator, prompt_version=args.judge_prompt_version)
+
+
+def _local_generator(model: str, cache, seed: int):
+    """The in-process `TextGenerator` of `--judge local` (the engine of `trl_mars.augment.engine`)."""
+    try:
+        from .augment.engine import LocalEngine
+    except ImportError:  # TODO(issue 12): the engine lands on main with the local back-end
+        raise RuntimeError("--judge local needs the in-process engine `trl_mars.augment.engine.LocalEngine`, which "
+                           "this version of trl-mars does not have yet. Use --judge openai against a local "
+                           "`transformers serve` instead.") from None
+    return LocalEngine(model, cache=cache, seed=seed)
 
 
 def run_winrate(args: WinRateArguments) -> dict[str, Any]:
@@ -345,16 +359,26 @@ def run_winrate(args: WinRateArguments) -> dict[str, Any]:
                                               batch_size=args.generation_batch_size, do_sample=args.do_sample,
                                               temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         del model
-    judged_prompts = [prompt_text(p) if isinstance(judge, OpenAIPairwiseJudge) else p for p in dataset["prompt"]]
+    text_judge = isinstance(judge, TextPairwiseJudge)
+    judged_prompts = [prompt_text(p) if text_judge else p for p in dataset["prompt"]]
     rows = both_orders(judge, judged_prompts, responses["a"], responses["b"])
     summary = summarise(rows, seed=args.seed)
+    default_model = DEFAULT_LOCAL_JUDGE if args.judge == "local" else DEFAULT_OPENAI_JUDGE
     summary.update({"policy_a": args.policy_a, "policy_b": args.policy_b, "dataset": args.dataset_name,
-                    "judge": args.judge if args.judge == "reward_model" else args.judge_model,
+                    "judge": args.judge if args.judge == "reward_model" else
+                    f"{args.judge}:{args.judge_model or default_model}",
                     "judge_requests": judge.requests, "judge_failures": judge.failures,
                     "max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample})
-    if getattr(judge, "cache", None) is not None:
-        summary["judge_cache"] = {"hits": judge.cache.hits, "misses": judge.cache.misses}
+    if text_judge:
+        summary["judge_prompt"] = judge.prompt_name
+        summary["judge_verdicts"] = judge.parse_stats()
+        summary["judge_cache"] = {"hits": judge.cache_hits, "misses": judge.cache_misses}
     print(format_table(summary, "A", "B"))
+    if text_judge:
+        verdicts = summary["judge_verdicts"]
+        rate = verdicts["parse_rate"]
+        print(f"judge verdicts: {verdicts['verdicts']} asked, {verdicts['unparseable']} named neither A nor B, "
+              f"{verdicts['failed']} failed; parse rate {'n/a' if rate is None else f'{rate:.3f}'}")
     if args.output_json:
         os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
         with open(args.output_json, "w", encoding="utf-8") as handle:

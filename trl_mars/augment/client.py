@@ -1,4 +1,4 @@
-"""The HTTP client of the chat back-ends: one robust JSON-answer request per item, many items at once.
+"""The HTTP client of the chat back-ends: one robust request per item (a JSON answer, or plain text), many at once.
 
 Everything goes through the official `openai` client (so any OpenAI-compatible server works: OpenAI, Azure-style
 gateways, vLLM, TGI, llama.cpp, ...). The client's own retries are switched off; `ChatClient` retries by itself so
@@ -18,6 +18,12 @@ malformed answer within a run still happen (the next try is answer k + 1, a diff
 replays answers 0, 1, ... from the cache and reaches the same result without a request. Only transport failures
 (connection errors, timeouts, 429, 5xx, a body that is not a chat completion) are never cached, so they, and only
 they, are asked again. A run killed mid-way loses at most the requests in flight.
+
+Plain text: `complete_text` asks without `response_format` and takes any completed answer as it is (for models that
+do not follow JSON, such as a 135M model behind `transformers serve`); `ChatTextGenerator` builds the
+`TextGenerator` protocol of `base.py` on it: k sampled answers per request (answer k carries seed `seed + k`, so it
+is its own request and cache entry) and one-word verdicts read by `parse_option`. The cache, retries and
+concurrency are the same as for JSON answers.
 
 Secrets: the API key is read from an environment variable (by default `OPENAI_API_KEY`) and handed to the `openai`
 client only. It is never stored on our objects, never part of a `fingerprint()` (so never part of a cache key),
@@ -45,7 +51,7 @@ logger = logging.getLogger("trl_mars")
 
 Schema = Mapping[str, "type | tuple[type, ...]"] | Sequence[str]
 
-__all__ = ["ChatClient", "MalformedAnswer", "json_schema_for", "sanitize_url"]
+__all__ = ["ChatClient", "ChatTextGenerator", "MalformedAnswer", "json_schema_for", "parse_option", "sanitize_url"]
 
 # A 400/422 whose message names one of these is an endpoint that does not take JSON schemas: use JSON mode.
 _SCHEMA_REFUSAL = re.compile(r"json_schema|response_format|structured output|guided_json", re.IGNORECASE)
@@ -115,7 +121,12 @@ def _completion(response: Any) -> dict[str, Any]:
         if not choices:
             return {"content": None, "finish_reason": "no_choices"}
         choice = choices[0]
-        return {"content": choice.message.content, "finish_reason": choice.finish_reason}
+        record = {"content": choice.message.content, "finish_reason": choice.finish_reason}
+        usage = getattr(response, "usage", None)
+        tokens = getattr(usage, "completion_tokens", None) if usage is not None else None
+        if isinstance(tokens, int):
+            record["completion_tokens"] = tokens
+        return record
     except (AttributeError, TypeError, IndexError, KeyError):
         raise _NotACompletion(f"the body is not a chat completion ({type(response).__name__})") from None
 
@@ -126,6 +137,12 @@ def _answer_object(record: Mapping[str, Any]) -> Any:
     if record["finish_reason"] == "length":
         raise MalformedAnswer("answer cut off at the token limit")
     return _extract_json(record["content"])
+
+
+def _answer_text(record: Mapping[str, Any]) -> str:
+    if record["finish_reason"] == "no_choices":
+        raise MalformedAnswer("no choices in the answer")
+    return (record["content"] or "").strip()
 
 
 def _check_schema(obj: Any, schema: Schema, validate: Callable[[dict], bool] | None) -> dict:
@@ -174,7 +191,10 @@ class ChatClient:
         cache: optional `AugmentationCache`: every completed answer is stored as it arrives and replayed on an
             identical request (see the module docstring).
         structured_output: "auto" (send the answer's JSON schema, strict; fall back to JSON mode when the endpoint
-            refuses schemas) or "json_object" (JSON mode only).
+            refuses schemas) or "json_object" (JSON mode only). Plain-text requests (`complete_text`) carry none.
+        extra_body: extra fields merged into every request body (and so into its cache key), for endpoint-specific
+            options such as `transformers serve`'s ``{"generation_config": '{"do_sample": true}'}`` (that server
+            decodes greedily, whatever the temperature, unless its generation config samples). Never a secret.
     """
 
     STRUCTURED_OUTPUT = ("auto", "json_object")
@@ -194,6 +214,7 @@ class ChatClient:
         cache_tag: str | None = None,
         cache: AugmentationCache | None = None,
         structured_output: str = "auto",
+        extra_body: Mapping[str, Any] | None = None,
     ):
         import openai
 
@@ -210,6 +231,7 @@ class ChatClient:
         self.backoff_max = float(backoff_max)
         self.max_tokens = max_tokens
         self.cache_tag = cache_tag
+        self.extra_body = dict(extra_body or {})
 
         key = os.environ.get(api_key_env)
         if not key:
@@ -231,6 +253,8 @@ class ChatClient:
         self.retries = 0
         self.failures = 0
         self.cache_hits = 0  # completed answers replayed from the cache instead of requested
+        self.answers_generated = 0  # completed answers the endpoint sent in this run (not replays)
+        self.completion_tokens = 0  # their generated tokens, where the endpoint reports usage
         self.cache = cache
         # True: send JSON schemas; False: JSON mode. A refusal recorded in the cache by an earlier run counts.
         self.use_json_schema = structured_output == "auto" and self._recorded_schema_support() is not False
@@ -255,6 +279,8 @@ class ChatClient:
         out: dict[str, Any] = {"model": self.model}
         if self.cache_tag:
             out["cache_tag"] = self.cache_tag
+        if self.extra_body:
+            out["extra_body"] = self.extra_body
         return out
 
     def stats(self) -> dict[str, int]:
@@ -296,7 +322,26 @@ class ChatClient:
             request["response_format"] = {"type": "json_object"}
         if self.max_tokens is not None:
             request["max_completion_tokens"] = self.max_tokens
+        request.update(self.extra_body)
         return request
+
+    def _text_body(self, messages: Messages, temperature: float, max_tokens: int | None, seed: int | None) -> dict:
+        request: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature}
+        cap = max_tokens if max_tokens is not None else self.max_tokens
+        if cap is not None:
+            request["max_completion_tokens"] = int(cap)
+        if seed is not None:
+            request["seed"] = int(seed)
+        request.update(self.extra_body)
+        return request
+
+    def _create_kwargs(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The `openai` client's arguments for a request body: fields it does not know travel as `extra_body`."""
+        kwargs = {k: v for k, v in request.items() if k not in self.extra_body}
+        extra = {k: v for k, v in request.items() if k in self.extra_body}
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs
 
     @staticmethod
     def _answer_key(request: Mapping[str, Any], number: int) -> str:
@@ -378,15 +423,13 @@ class ChatClient:
                 delay = max(delay, min(after, self.backoff_max))
         return delay
 
-    def _one(
-        self,
-        messages: Messages,
-        schema: Schema,
-        validate: Callable[[dict], bool] | None,
-        temperature: float,
-        json_schema: Mapping[str, Any],
-        stop: threading.Event,
-    ) -> dict | None:
+    def _one(self, build: Callable[[], dict[str, Any]], parse: Callable[[Mapping[str, Any]], Any],
+             stop: threading.Event) -> Any:
+        """One item: asks until `parse` accepts a completed answer, the retries run out, or the run stops.
+
+        `build()` gives the request body (called on every try: a schema refusal changes it); `parse(record)`
+        returns the item's result or raises `MalformedAnswer` (a completed but unusable answer: cached, retried).
+        """
         import openai
 
         namespace = self._answer_namespace()
@@ -395,7 +438,7 @@ class ChatClient:
         while tries <= self.max_retries:
             if stop.is_set():
                 return None
-            request = self._request_body(messages, temperature, json_schema)
+            request = build()
             key = self._answer_key(request, completed)
             tries += 1
             error: BaseException
@@ -408,11 +451,14 @@ class ChatClient:
                         self.cache_hits += 1
                 else:
                     self._count_request()
-                    record = _completion(self._client.chat.completions.create(**request))
+                    record = _completion(self._client.chat.completions.create(**self._create_kwargs(request)))
+                    with self._lock:
+                        self.answers_generated += 1
+                        self.completion_tokens += record.get("completion_tokens") or 0
                     if self.cache is not None:  # written as it arrives: a crash loses only what is in flight
                         self.cache.put_many(namespace, {key: record})
                 completed += 1
-                return _check_schema(_answer_object(record), schema, validate)
+                return parse(record)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 stop.set()
                 raise _Fatal(
@@ -439,8 +485,8 @@ class ChatClient:
             if tries <= self.max_retries:
                 self._count_retry()
                 replay_next = isinstance(error, MalformedAnswer) and self.cache is not None
-                delay = 0.0 if replay_next and self._is_cached(namespace, messages, temperature, json_schema,
-                                                                 completed) else self._backoff(tries, error)
+                delay = 0.0 if replay_next and self._is_cached(namespace, build(), completed) else (
+                    self._backoff(tries, error))
                 logger.info(
                     "chat request failed (%s); retry %d/%d in %.2fs",
                     self._describe(error), tries, self.max_retries, delay,
@@ -452,10 +498,35 @@ class ChatClient:
             self.failures += 1
         return None
 
-    def _is_cached(self, namespace, messages, temperature, json_schema, number: int) -> bool:
+    def _is_cached(self, namespace, request: Mapping[str, Any], number: int) -> bool:
         """Whether the next answer is a replay (then there is nothing to wait for)."""
-        key = self._answer_key(self._request_body(messages, temperature, json_schema), number)
+        key = self._answer_key(request, number)
         return key in self.cache.get_many(namespace, [key])
+
+    def _run(self, items: Sequence[tuple[Callable[[], dict[str, Any]], Callable[[Mapping[str, Any]], Any]]]) -> list:
+        """Runs (build, parse) items, up to `max_concurrency` at once; a rejected key stops the run."""
+        if not items:
+            return []
+        stop = threading.Event()
+        workers = min(self.max_concurrency, len(items))
+        if workers == 1:
+            try:
+                return [self._one(build, parse, stop) for build, parse in items]
+            except _Fatal as exc:
+                raise RuntimeError(str(exc)) from None
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trl_mars_chat") as pool:
+            futures = [pool.submit(self._one, build, parse, stop) for build, parse in items]
+            results: list[Any] = []
+            fatal: BaseException | None = None
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except _Fatal as exc:
+                    fatal = exc
+                    results.append(None)
+        if fatal is not None:
+            raise RuntimeError(str(fatal)) from None
+        return results
 
     def complete_json(
         self,
@@ -472,30 +543,39 @@ class ChatClient:
         `schema_keys` names the required keys, or maps them to the required Python type(s); `validate` may check more.
         `json_schema` is the schema sent to endpoints that take one (default: `json_schema_for(schema_keys)`).
         """
-        if not messages_list:
-            return []
         json_schema = json_schema if json_schema is not None else json_schema_for(schema_keys)
-        stop = threading.Event()
-        workers = min(self.max_concurrency, len(messages_list))
-        if workers == 1:
-            try:
-                return [self._one(m, schema_keys, validate, temperature, json_schema, stop) for m in messages_list]
-            except _Fatal as exc:
-                raise RuntimeError(str(exc)) from None
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trl_mars_chat") as pool:
-            futures = [pool.submit(self._one, m, schema_keys, validate, temperature, json_schema, stop)
-                       for m in messages_list]
-            results: list[dict | None] = []
-            fatal: BaseException | None = None
-            for future in futures:
-                try:
-                    results.append(future.result())
-                except _Fatal as exc:
-                    fatal = exc
-                    results.append(None)
-        if fatal is not None:
-            raise RuntimeError(str(fatal)) from None
-        return results
+
+        def item(messages: Messages):
+            return (lambda: self._request_body(messages, temperature, json_schema),
+                    lambda record: _check_schema(_answer_object(record), schema_keys, validate))
+
+        return self._run([item(m) for m in messages_list])
+
+    def complete_text(
+        self,
+        messages_list: Sequence[Messages],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        seeds: Sequence[int | None] | None = None,
+    ) -> list[str | None]:
+        """Plain-text answers (no `response_format`): one per message list, stripped, in order.
+
+        For models that do not follow JSON (small local models). Every completed answer counts and is cached,
+        whatever it says, an empty one or one cut off at `max_tokens` included (it is "" or the text so far); only
+        a completion without choices is retried like a malformed answer. None: the item failed after the retries
+        (a transport failure, never cached). `max_tokens` overrides the client's cap for these requests. `seeds`
+        (one per item, None for none) are sent as the request's `seed`: endpoints that honour it sample
+        reproducibly, and different seeds make the same messages different requests (their own cache entries).
+        """
+        seeds = list(seeds) if seeds is not None else [None] * len(messages_list)
+        if len(seeds) != len(messages_list):
+            raise ValueError(f"complete_text got {len(seeds)} seeds for {len(messages_list)} requests")
+
+        def item(messages: Messages, seed: int | None):
+            return (lambda: self._text_body(messages, temperature, max_tokens, seed), _answer_text)
+
+        return self._run([item(m, s) for m, s in zip(messages_list, seeds)])
 
 
 def _make_redactor(secret: str) -> Callable[[str], str]:
@@ -503,3 +583,101 @@ def _make_redactor(secret: str) -> Callable[[str], str]:
         return text.replace(secret, "***") if secret else text
 
     return redact
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plain-text answers: the TextGenerator protocol over HTTP
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def parse_option(answer: str | None, options: Sequence[str]) -> str | None:
+    """Which of `options` a short free-text answer gives, or None.
+
+    Case-insensitive. The option the answer starts with (after quotes, brackets, "*" and white space), as a whole
+    word ("B.", "Yes, it is", "**A**"), wins; otherwise the one option that occurs in it as a whole word ("Response
+    B is better"). An answer naming several options as whole words and starting with none ("Either A or B") is
+    ambiguous: None, like an answer naming none.
+    """
+    if not answer:
+        return None
+    text = answer.strip().lstrip("\"'`*([{<#>:- \t\n").casefold()
+    words = {option: re.compile(r"(?<!\w)" + re.escape(option.casefold()) + r"(?!\w)") for option in options}
+    for option in options:
+        match = words[option].match(text)
+        if match is not None:
+            return option
+    found = [option for option in options if words[option].search(text)]
+    return found[0] if len(found) == 1 else None
+
+
+class ChatTextGenerator:
+    """`TextGenerator` (see `base.TextGenerator`) over an OpenAI-compatible endpoint, for models that do not follow
+    JSON: `generate` asks for plain text (no `response_format`), `choose` for one short answer (`choose_max_tokens`
+    tokens, temperature 0) that `parse_option` reads.
+
+    Everything HTTP is the `ChatClient`'s: retries, concurrency, redaction and its answer cache, which stores every
+    completed answer (unparseable verdicts included) keyed by the request body and never a transport failure.
+    Answer k of a `generate` request carries the seed ``seed + k``, so the k samples of one request are different
+    requests (and different cache entries), and an identical re-run replays every one of them. An endpoint that
+    honours `seed` (vLLM, `transformers serve`) samples each of them reproducibly too; over one that does not, only
+    the cache makes a re-run identical.
+
+    `stats()` counts over this generator's calls: "generated" (answers the endpoint completed now), "cached" (answers
+    replayed), "unparseable" (verdicts that named no option), "failed" (items without an answer after the retries),
+    "choices" (verdicts asked) and "completion_tokens" (generated tokens the endpoint reported).
+    """
+
+    name = "chat"
+
+    def __init__(self, client: ChatClient, *, seed: int = 0, choose_max_tokens: int = 4):
+        if choose_max_tokens < 1:
+            raise ValueError(f"choose_max_tokens must be >= 1, got {choose_max_tokens}")
+        self.client = client
+        self.seed = int(seed)
+        self.choose_max_tokens = int(choose_max_tokens)
+        self._counts = {"generated": 0, "cached": 0, "unparseable": 0, "failed": 0, "choices": 0,
+                        "completion_tokens": 0}
+
+    def __repr__(self) -> str:
+        return f"ChatTextGenerator({self.client!r}, seed={self.seed})"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": "chat-text", **self.client.fingerprint(), "seed": self.seed,
+                "choose_max_tokens": self.choose_max_tokens}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def _counted(self, call: Callable[[], list]) -> list:
+        client = self.client
+        before = (client.answers_generated, client.cache_hits, client.failures, client.completion_tokens)
+        out = call()
+        after = (client.answers_generated, client.cache_hits, client.failures, client.completion_tokens)
+        for name, old, new in zip(("generated", "cached", "failed", "completion_tokens"), before, after):
+            self._counts[name] += new - old
+        return out
+
+    def generate(
+        self, requests: Sequence[Messages], *, samples: int = 1, temperature: float = 0.7, max_new_tokens: int = 192
+    ) -> list[list[str | None]]:
+        if samples < 0:
+            raise ValueError(f"samples must be >= 0, got {samples}")
+        flat = [(messages, k) for messages in requests for k in range(samples)]
+        answers = self._counted(lambda: self.client.complete_text(
+            [m for m, _ in flat], temperature=temperature, max_tokens=max_new_tokens,
+            seeds=[self.seed + k for _, k in flat]))
+        return [answers[i * samples:(i + 1) * samples] for i in range(len(requests))]
+
+    def choose(self, requests: Sequence[Messages], options: Sequence[str]) -> list[str | None]:
+        if not options:
+            raise ValueError("choose needs at least one option")
+        answers = self._counted(lambda: self.client.complete_text(
+            list(requests), temperature=0.0, max_tokens=self.choose_max_tokens, seeds=[self.seed] * len(requests)))
+        out = []
+        for answer in answers:
+            verdict = parse_option(answer, options)
+            self._counts["choices"] += 1
+            if verdict is None and answer is not None:
+                self._counts["unparseable"] += 1
+            out.append(verdict)
+        return out

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+logger = logging.getLogger("trl_mars")
 
 __all__ = [
     "PACKAGED_MINILM",
@@ -127,6 +130,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(gguf_path.parent), gguf_path.name
+    logger.info("converting packaged model %s from %s to %s (once; about 30 s)", PACKAGED_SMOLLM2, gguf_path, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained; a model built from the same config without its quantization

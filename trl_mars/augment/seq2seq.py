@@ -24,7 +24,6 @@ leaves `n`; `num_beams` defaults to `max(n, 4)` and is never below `n`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections import Counter
@@ -458,52 +457,40 @@ class Seq2SeqParaphraser:
     def _generate(self, pieces: list[str], n: int) -> list[tuple[list[str], list[bool]]]:
         """Beam-search candidates (decoded texts, cut-off flags) for every piece, in the order given."""
         import torch
-        from tqdm.auto import tqdm
+
+        from .engine import length_sorted_batches
 
         if not pieces:
             return []
         beams, returns = self.beams_for(n)
         inputs = [self.input_prefix + p for p in pieces]
-        lengths = [len(ids) for ids in self._token_ids(inputs)]
-        order = sorted(range(len(pieces)), key=lambda i: -lengths[i])
+        encoded = self.tokenizer(inputs, truncation=True, max_length=self.max_input_tokens)["input_ids"]
         results: list[tuple[list[str], list[bool]]] = [([], []) for _ in pieces]
         eos = getattr(self.tokenizer, "eos_token_id", None)
         device = next(self.model.parameters()).device
-        n_batches = math.ceil(len(order) / self.batch_size)
-        bar = tqdm(total=n_batches, desc="paraphrasing (seq2seq)", unit="batch", disable=not self.progress)
-        try:
-            for b in range(n_batches):
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                enc = self.tokenizer(
-                    [inputs[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_input_tokens,
-                    return_tensors="pt",
+        for idx, input_ids, attention_mask in length_sorted_batches(
+                encoded, self.batch_size, self.tokenizer.pad_token_id, device, left_pad=False,
+                desc="paraphrasing (seq2seq)", progress=self.progress):
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    do_sample=False,
+                    num_beams=beams,
+                    num_return_sequences=returns,
+                    no_repeat_ngram_size=self.no_repeat_ngram_size,
+                    max_new_tokens=self.max_new_tokens,
                 )
-                enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-                with torch.no_grad():
-                    out = self.model.generate(
-                        **enc,
-                        do_sample=False,
-                        num_beams=beams,
-                        num_return_sequences=returns,
-                        no_repeat_ngram_size=self.no_repeat_ngram_size,
-                        max_new_tokens=self.max_new_tokens,
-                    )
-                out = out.cpu()
-                texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-                if eos is None:
-                    cut = [False] * len(texts)
-                else:
-                    # Position 0 of each row is the decoder start token; a row without EOS was cut off.
-                    cut = [not bool((row[1:] == eos).any()) for row in out]
-                for j, i in enumerate(idx):
-                    rows = slice(j * returns, (j + 1) * returns)
-                    results[i] = ([self._clean(t) for t in texts[rows]], cut[rows])
-                bar.update(1)
-        finally:
-            bar.close()
+            out = out.cpu()
+            texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+            if eos is None:
+                cut = [False] * len(texts)
+            else:
+                # Position 0 of each row is the decoder start token; a row without EOS was cut off.
+                cut = [not bool((row[1:] == eos).any()) for row in out]
+            for j, i in enumerate(idx):
+                rows = slice(j * returns, (j + 1) * returns)
+                results[i] = ([self._clean(t) for t in texts[rows]], cut[rows])
         return results
 
     def _clean(self, text: str) -> str:

@@ -61,7 +61,9 @@ class PromptTemplate:
 
             return _PLACEHOLDER.sub(sub, template)
 
-        return [{"role": "system", "content": fill(self.system)}, {"role": "user", "content": fill(self.user)}]
+        # An empty [system] section sends no system message: the model's chat template then uses its own default.
+        system = [{"role": "system", "content": fill(self.system)}] if self.system else []
+        return [*system, {"role": "user", "content": fill(self.user)}]
 
 
 @lru_cache(maxsize=None)
