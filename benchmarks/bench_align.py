@@ -7,7 +7,20 @@ EOS, so every completion runs to `--max-completion-length`: the numbers are the 
 chat model's (usually shorter) answers. The reward model is the packaged all-MiniLM-L6-v2 with a scalar head, called
 through `MarsRewardFunction` exactly as in training. `tiny` runs on a CPU in seconds.
 
-Usage (one line per shape; several shapes run one after the other in one process):
+Second mode, `--evaluate ADAPTER`: the mean reward of a real policy before and after alignment. The base policy
+(default the packaged SmolLM2-135M-Instruct) and the aligned one (base + the LoRA adapter folder that
+`recipes/ppo_align.py` saved) answer the 64 held-out prompts shipped in `trl_mars/resources/align_prompts_heldout.jsonl`
+with identical decoding (greedy, the same `--max-new-tokens`, batched the same way, `trl_mars.winrate`'s generation,
+prompts formatted and truncated by `trl_mars.alignment.prepare_prompts` as in training), and `MarsRewardFunction`
+scores every answer with the reward model of the run, encoded as the recipe encodes it:
+
+    python benchmarks/bench_align.py --evaluate outputs/smollm2-135m-instruct-rloo-offline \
+        --reward-model outputs/mars-rm-minilm-embedded --max-new-tokens 32 --output-json outputs/align_eval.json
+
+The base policy's answers do not depend on the run: `--base-only --output-json base.json` generates them once (e.g.
+while the recipe trains) and `--reuse-base base.json` takes them from there (settings must match).
+
+Usage of the cost mode (one line per shape; several shapes run one after the other in one process):
 
     python benchmarks/bench_align.py --shapes tiny --steps 3                                      # CPU
     python benchmarks/bench_align.py --shapes tinyllama-1.1b llama-3.2-1b --steps 4 --bf16       # one GPU
@@ -144,8 +157,107 @@ def run_shape(shape: str, args, reward_dir: str) -> dict:
     return result
 
 
+def evaluate(args) -> dict:
+    """Mean reward on the held-out prompts of the base policy and of base + adapter, same decoding; paired stats."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from trl_mars.alignment import load_prompts, prepare_prompts
+    from trl_mars.augment.packaged import resolve_packaged_model
+    from trl_mars.rewards import MarsRewardFunction
+    from trl_mars.winrate import generate_responses, load_policy
+
+    rows = load_prompts(args.prompts_dataset, split=args.prompts_split)
+    reward = MarsRewardFunction(args.reward_model, max_length=args.reward_max_length, batch_size=64,
+                                input_format=args.reward_input_format, device="cpu" if not torch.cuda.is_available()
+                                else None)
+    policies = {"base": resolve_packaged_model(args.base_policy), "aligned": args.evaluate}
+    reused = None
+    if args.base_only:
+        policies.pop("aligned")
+    elif args.reuse_base:  # the base policy's answers from an earlier --base-only run with the same settings
+        with open(args.reuse_base, encoding="utf-8") as handle:
+            reused = json.load(handle)
+        policies.pop("base")
+    out: dict = {"prompts": len(rows), "prompts_dataset": f"{args.prompts_dataset}:{args.prompts_split}",
+                 "reward_model": args.reward_model, "reward_input_format": args.reward_input_format,
+                 "decoding": {"do_sample": False, "max_new_tokens": args.max_new_tokens,
+                              "batch_size": args.eval_batch_size},
+                 "policies": {"base": args.base_policy, "aligned": args.evaluate}}
+    scores, responses = {}, {}
+    if reused is not None:
+        for key in ("prompts", "prompts_dataset", "reward_model", "reward_input_format", "decoding"):
+            if reused[key] != out[key]:
+                raise SystemExit(f"--reuse-base {args.reuse_base}: {key} differs ({reused[key]} vs {out[key]}).")
+        if reused["policies"]["base"] != args.base_policy:
+            raise SystemExit(f"--reuse-base {args.reuse_base}: another base policy ({reused['policies']['base']}).")
+        out["base"] = reused["base"]
+        responses["base"] = [row["base"] for row in reused["per_prompt"]]
+        scores["base"] = np.asarray([row["reward_base"] for row in reused["per_prompt"]])
+    for label, path in policies.items():
+        model, tokenizer = load_policy(path, device="cuda" if torch.cuda.is_available() else "cpu")
+        prompts = prepare_prompts(rows, tokenizer, max_prompt_length=args.max_prompt_length)["prompt"]
+        start = time.perf_counter()
+        responses[label] = generate_responses(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                                              batch_size=args.eval_batch_size, do_sample=False)
+        seconds = time.perf_counter() - start
+        scores[label] = np.asarray(reward.raw_scores(prompts, responses[label]))
+        out[label] = {"mean_reward": round(float(scores[label].mean()), 4),
+                      "sd": round(float(scores[label].std(ddof=1)), 4),
+                      "mean_words": round(float(np.mean([len(r.split()) for r in responses[label]])), 1),
+                      "generation_s": round(seconds, 1)}
+        print(f"{label}: mean reward {out[label]['mean_reward']:+.4f} (sd {out[label]['sd']:.4f}), "
+              f"{out[label]['mean_words']} words/answer, generation {seconds:.0f}s", flush=True)
+        del model
+        gc.collect()
+    if args.base_only:
+        out["per_prompt"] = [{"prompt": p, "base": b, "reward_base": round(float(rb), 4)}
+                             for p, b, rb in zip(rows["prompt"], responses["base"], scores["base"])]
+        return out
+    diff = scores["aligned"] - scores["base"]
+    half = 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff))
+    out["paired_difference"] = {"mean": round(float(diff.mean()), 4), "ci95": [round(float(diff.mean()) - half, 4),
+                                                                               round(float(diff.mean()) + half, 4)],
+                                # reused base rewards are rounded to 4 decimals: closer than 1e-3 counts as equal
+                                "aligned_higher": int((diff > 1e-3).sum()), "equal": int((abs(diff) <= 1e-3).sum()),
+                                "identical_answers": sum(a == b for a, b in zip(responses["base"],
+                                                                                responses["aligned"]))}
+    if args.prompts_dataset == "embedded_align":  # the shipped prompts carry the category of their preference pair
+        from datasets import load_dataset
+
+        from trl_mars.alignment import align_prompt_files
+
+        categories = load_dataset("json", data_files=align_prompt_files()[args.prompts_split], split="train")["category"]
+        out["by_category"] = {
+            c: {label: round(float(np.mean([s for s, k in zip(scores[label], categories) if k == c])), 4)
+                for label in scores} for c in sorted(set(categories))}
+    out["per_prompt"] = [{"prompt": p, "base": b, "aligned": a, "reward_base": round(float(rb), 4),
+                          "reward_aligned": round(float(ra), 4)}
+                         for p, b, a, rb, ra in zip(rows["prompt"], responses["base"], responses["aligned"],
+                                                    scores["base"], scores["aligned"])]
+    print(f"aligned - base: {out['paired_difference']['mean']:+.4f} (95% CI {out['paired_difference']['ci95']}), "
+          f"aligned higher on {out['paired_difference']['aligned_higher']}/{len(diff)} prompts", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--evaluate", default=None, metavar="ADAPTER",
+                        help="Evaluation mode: the aligned policy (a LoRA adapter folder or a model folder).")
+    parser.add_argument("--base-policy", default="packaged:SmolLM2-135M-Instruct")
+    parser.add_argument("--reward-model", default="outputs/mars-rm-minilm-embedded")
+    parser.add_argument("--reward-max-length", type=int, default=256)
+    parser.add_argument("--reward-input-format", default="text", choices=["auto", "text"])
+    parser.add_argument("--prompts-dataset", default="embedded_align")
+    parser.add_argument("--prompts-split", default="heldout")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="evaluation: the recipe's max_completion_length")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--base-only", action="store_true",
+                        help="evaluation: only the base policy (its answers can be reused with --reuse-base)")
+    parser.add_argument("--reuse-base", default=None, metavar="JSON",
+                        help="evaluation: the base policy's answers and rewards from an earlier --base-only run")
     parser.add_argument("--shapes", nargs="+", default=["tiny"], choices=["tiny", "tinyllama-1.1b", "llama-3.2-1b"])
     parser.add_argument("--trainer", default="rloo", choices=["rloo", "grpo"])
     parser.add_argument("--steps", type=int, default=3)
@@ -158,6 +270,12 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--output-json", default=None)
     args = parser.parse_args()
+    if args.evaluate or args.base_only:
+        result = evaluate(args)
+        if args.output_json:
+            with open(args.output_json, "w", encoding="utf-8") as handle:
+                json.dump(result, handle, indent=2, ensure_ascii=False)
+        return
     reward_dir = build_reward(tempfile.mkdtemp(prefix="bench_align_rm_"))
     results = []
     for shape in args.shapes:

@@ -7,8 +7,9 @@ prompts 512 tokens, responses 192 tokens). A YAML config and CLI flags override 
         --config recipes/tinyllama-1.1b-chat/rloo/config_pku_saferlhf.yaml \
         --reward_model_name_or_path outputs/mars-rm-deberta-pku
 
-Offline CPU smoke run (tiny random policy, packaged MiniLM reward model): see
-recipes/tiny-llama-random/rloo/config_offline.yaml. All logic lives in `trl_mars.alignment`.
+Offline on a CPU (the packaged SmolLM2-135M-Instruct policy, the embedded MARS reward model, prompts shipped in
+trl_mars/resources): recipes/smollm2-135m-instruct/rloo/config_offline.yaml. `packaged:` ids work as the policy.
+All logic lives in `trl_mars.alignment`.
 """
 
 from trl_mars.alignment import main

@@ -37,8 +37,9 @@ def test_encoder_scores_match_direct_calls(minilm_rm):
     assert len(set(np.round(got, 4))) == 4  # distinct inputs, distinct scores: the comparison is not vacuous
 
 
-def test_conversational_prompt_is_scored_as_text_by_an_encoder(minilm_rm):
-    """BERT has no chat template: the conversation is rendered as 'role: content' lines (TRL's scoring fails here)."""
+def test_conversational_pair_is_scored_in_the_training_format_by_an_encoder(minilm_rm):
+    """BERT has no chat template: training renders the turns as "Role: content" text (TRL's scoring fails here), the
+    completion keeping its "Assistant:" role, and the reward function encodes exactly that."""
     reward = MarsRewardFunction(minilm_rm, device="cpu")
     model = AutoModelForSequenceClassification.from_pretrained(minilm_rm, num_labels=1).eval()
     tokenizer = AutoTokenizer.from_pretrained(minilm_rm)
@@ -46,9 +47,29 @@ def test_conversational_prompt_is_scored_as_text_by_an_encoder(minilm_rm):
               {"role": "assistant", "content": "It is a board game."},
               {"role": "user", "content": "How do I get better at it?"}]
     completion = [{"role": "assistant", "content": "Play a little every day and review your games."}]
-    text_prompt = "user: Tell me about chess.\nassistant: It is a board game.\nuser: How do I get better at it?"
-    expected = direct_score(model, tokenizer(text_prompt, completion[0]["content"])["input_ids"])
-    assert reward(prompts=[prompt], completions=[completion]) == pytest.approx([expected], abs=1e-5)
+    text_prompt = "User: Tell me about chess.\n\nAssistant: It is a board game.\n\nUser: How do I get better at it?\n\n"
+    text_completion = "Assistant: Play a little every day and review your games."
+    ids = tokenizer(text_prompt, text_completion)["input_ids"]
+    assert reward.encode(prompt, completion) == ids
+    assert tokenizer.decode(ids) == ("[CLS] user : tell me about chess. assistant : it is a board game. user : how do "
+                                     "i get better at it? [SEP] assistant : play a little every day and review your "
+                                     "games. [SEP]")
+    assert reward(prompts=[prompt], completions=[completion]) == pytest.approx([direct_score(model, ids)], abs=1e-5)
+
+
+def test_text_input_format_flattens_a_chat_to_the_standard_pair(minilm_rm):
+    """For a reward model trained on plain-text pairs (the embedded data) scored on a chat policy's prompts."""
+    reward = MarsRewardFunction(minilm_rm, device="cpu", input_format="text")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_rm)
+    prompt = [{"role": "user", "content": PROMPTS[1]}]
+    completion = [{"role": "assistant", "content": COMPLETIONS[0]}]
+    assert reward.encode(prompt, completion) == tokenizer(PROMPTS[1], COMPLETIONS[0])["input_ids"]
+    assert reward.encode(PROMPTS[1], COMPLETIONS[0]) == tokenizer(PROMPTS[1], COMPLETIONS[0])["input_ids"]
+    turns = prompt + [{"role": "assistant", "content": "Keep it in a box."}, {"role": "user", "content": "And?"}]
+    assert reward.encode(turns, completion) == tokenizer(
+        f"User: {PROMPTS[1]}\n\nAssistant: Keep it in a box.\n\nUser: And?\n\n", COMPLETIONS[0])["input_ids"]
+    with pytest.raises(ValueError, match="input_format"):
+        MarsRewardFunction(reward.model, reward.tokenizer, input_format="chat")
 
 
 def test_long_input_keeps_cls_and_the_end(minilm_rm):
@@ -112,3 +133,43 @@ def test_normalisation_and_bad_input(minilm_rm):
         reward(prompts=PROMPTS, completions=COMPLETIONS[:1])
     with pytest.raises(ValueError, match="tokenizer"):
         MarsRewardFunction(reward.model)
+
+
+def _as_conversation(row: dict) -> dict:
+    return {"prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+
+
+@pytest.mark.parametrize("data_format", ["standard", "conversational"])
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_reward_function_encodes_exactly_the_training_token_ids(tmp_path, minilm_rm, kind, data_format):
+    """The ids MarsRewardTrainer trains on (originals via `_prepare_dataset`, synthetic pairs via `tokenize_pairs`,
+    both truncated to max_length) are the ids MarsRewardFunction scores for the same (prompt, response)."""
+    from conftest import mars_args, tiny_rows
+    from datasets import Dataset
+
+    from trl_mars import MarsRewardTrainer
+
+    folder = minilm_rm if kind == "encoder" else save_tiny_llama(tmp_path / "llama_rm", num_labels=1)
+    rows = tiny_rows(4)
+    # one long prompt, so keep-the-end truncation is compared too
+    rows[0] = {**rows[0], "prompt": " ".join(["Tell me about tea and bread and rain."] * 12) + " " + rows[0]["prompt"]}
+    if data_format == "conversational":
+        rows = [_as_conversation(row) for row in rows]
+    max_length = 48
+    trainer = MarsRewardTrainer(folder, args=mars_args(tmp_path / "train", mars_strategy="none",
+                                                       max_length=max_length),
+                                train_dataset=Dataset.from_list(rows))
+    reward = MarsRewardFunction(trainer.model, trainer.processing_class, max_length=max_length, device="cpu")
+    trained = {side: list(map(list, trainer.train_dataset[f"{side}_ids"])) for side in ("chosen", "rejected")}
+    assert len(trained["chosen"][0]) == max_length  # the long row really was truncated
+    synthetic = trainer._mars_tokenize_rows([{**row, "source_index": i} for i, row in enumerate(rows)])
+    for side in ("chosen", "rejected"):
+        got = [reward.encode(row["prompt"], row[side]) for row in rows]
+        assert got == trained[side]
+        assert got == list(map(list, synthetic[f"{side}_ids"]))
+    if data_format == "conversational" and kind == "encoder":
+        tokenizer = trainer.processing_class
+        assert tokenizer.decode(trained["chosen"][1]).startswith("[CLS] user : can you give me one useful tip")
+        assert "[SEP] assistant : sure." in tokenizer.decode(trained["chosen"][1])

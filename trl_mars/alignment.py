@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,6 +24,8 @@ from datasets import Dataset, load_dataset
 logger = logging.getLogger(__name__)
 
 TRAINERS = ("rloo", "grpo", "ppo")
+EMBEDDED_ALIGN_PROMPTS = "embedded_align"
+_RESOURCES = Path(__file__).resolve().parent / "resources"
 _PROMPT_ALIASES = ("instruction", "question", "query")
 # The paper's LoRA targets: attention and feed-forward projections of Llama-family decoders.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -76,6 +79,12 @@ class AlignScriptArguments:
         default=None, metadata={"help": "Reward-model input limit (keep-the-end truncation). Default: the model's "
                                         "limit; set it to the max_length the reward model was trained with."})
     reward_batch_size: int = field(default=32, metadata={"help": "Sequences per reward-model forward pass."})
+    reward_input_format: str = field(
+        default="auto", metadata={"help": "auto: the reward model reads each (prompt, completion) as training encodes "
+                                          "its format (chat turns for a chat policy); text: conversations are "
+                                          "flattened to plain prompt/response text first, for a reward model "
+                                          "trained on plain-text pairs (the embedded one).",
+                                  "choices": ["auto", "text"]})
     reward_calibration_file: str | None = field(
         default=None, metadata={"help": "JSONL of reference (prompt, completion) or (prompt, chosen, rejected) rows: "
                                         "rewards are normalised to mean 0, std 1 on them."})
@@ -133,14 +142,27 @@ def config_class(trainer: str):
 # ----------------------------------------------------------------------------------------------------- prompts
 
 
+def align_prompt_files() -> dict[str, str]:
+    """The alignment prompts that ship with trl_mars (`scripts/make_align_prompts.py`): 'train' (the 320 prompts of
+    the embedded preference set's train split) and 'heldout' (64 prompts of its test split, for evaluation)."""
+    return {split: str(_RESOURCES / f"align_prompts_{split}.jsonl") for split in ("train", "heldout")}
+
+
 def load_prompts(name: str, *, config: str | None = None, split: str = "train", max_prompts: int | None = None,
                  seed: int = 42) -> Dataset:
-    """A dataset with one `prompt` column (text or chat messages): a Hub id, a local JSON/JSONL file, or 'embedded'
-    (the prompts of the small preference set that ships with trl_mars)."""
+    """A dataset with one `prompt` column (text or chat messages): a Hub id, a local JSON/JSONL file, 'embedded'
+    (the prompts of the small preference set that ships with trl_mars) or 'embedded_align' (the shipped alignment
+    prompts; `split` 'train' or 'heldout', see `align_prompt_files`)."""
     from .data import EMBEDDED_DATASET, embedded_dataset_files
 
     if name == EMBEDDED_DATASET:
         dataset = load_dataset("json", data_files={split: embedded_dataset_files()["train"]})[split]
+    elif name == EMBEDDED_ALIGN_PROMPTS:
+        files = align_prompt_files()
+        if split not in files:
+            raise ValueError(f"--dataset_name {name}: split {split!r} does not exist. Fix: use one of "
+                             f"{', '.join(files)} (--dataset_train_split).")
+        dataset = load_dataset("json", data_files={split: files[split]})[split]
     elif os.path.isfile(name):
         if not name.endswith((".json", ".jsonl")):
             raise ValueError(f"--dataset_name {name!r}: a local prompt file must be .json or .jsonl with a 'prompt' "
@@ -257,7 +279,8 @@ def build_reward_function(script_args: AlignScriptArguments):
     if not script_args.reward_model_name_or_path:
         raise ValueError("--reward_model_name_or_path is required (a folder saved by MarsRewardTrainer).")
     reward = MarsRewardFunction(script_args.reward_model_name_or_path, max_length=script_args.reward_max_length,
-                                batch_size=script_args.reward_batch_size)
+                                batch_size=script_args.reward_batch_size,
+                                input_format=script_args.reward_input_format)
     if script_args.reward_calibration_file:
         rows = load_dataset("json", data_files=script_args.reward_calibration_file, split="train")
         prompts, completions = [], []
@@ -283,8 +306,14 @@ def build_trainer(script_args: AlignScriptArguments, training_args, model_args):
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
+    from .augment.packaged import resolve_packaged_model
+
     if script_args.dataset_name is None:
         raise ValueError("--dataset_name is required (a Hub id or a .jsonl file with a 'prompt' field).")
+    # A `packaged:` policy (e.g. packaged:SmolLM2-135M-Instruct) becomes its local folder before TRL or the tokenizer
+    # loads it (converted once per machine; concurrent ranks wait on one file lock). The saved adapter then names that
+    # folder as its base model.
+    model_args.model_name_or_path = resolve_packaged_model(model_args.model_name_or_path)
     if script_args.trainer == "ppo":
         return _build_ppo_trainer(script_args, training_args, model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,

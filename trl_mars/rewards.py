@@ -8,9 +8,10 @@ inputs, and fails on conversational prompts (no chat template). TRL's extension 
 (prompt, completion) with `trl_mars.data.tokenize_pair` and `truncate_keep_end`, the very functions
 `MarsRewardTrainer` trains with, and scores with `trl_mars.scoring.score_sequences` (batched, length-sorted).
 
-Choices of ours (the paper does not say): conversations are rendered with the reward tokenizer's chat template
-when it has one (as in training) and otherwise as "role: content" lines paired with the last completion message;
-the model is loaded replicated on every process (never partitioned by ZeRO-3), so each rank scores its own
+Choices of ours (the paper does not say): a conversation is encoded as training encodes a conversational pair
+(the reward tokenizer's chat template, or "Role: content" turns for a tokenizer without one, the completion keeping
+its "Assistant:" role), or flattened to plain text with `input_format="text"` for a reward model trained on
+plain-text pairs; the model is loaded replicated on every process (never partitioned by ZeRO-3), so each rank scores its own
 completions without collectives, which suits reward models of up to a few hundred million parameters.
 """
 
@@ -26,12 +27,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import prompt_text, response_text, tokenize_pair, truncate_keep_end
+from .data import render_messages, response_text, tokenize_pair, truncate_keep_end
 from .scoring import score_sequences
 
 logger = logging.getLogger(__name__)
 
 _UNBOUNDED = 1_000_000  # tokenizers report int(1e30) when they have no limit
+INPUT_FORMATS = ("auto", "text")
+
+
+def as_text_pair(prompt: str | list[dict], completion: str | list[dict]) -> tuple[str, str]:
+    """A (prompt, completion) in the standard format a plain-text preference pair has.
+
+    A prompt of one user message becomes its content (what a plain-text prompt is); a longer conversation is
+    rendered as "Role: content" turns, as `trl_mars.data.render_conversation_example` renders a conversational
+    prompt for training. The completion becomes the text of its last message.
+    """
+    if isinstance(prompt, list):
+        if len(prompt) == 1 and prompt[0].get("role") == "user":
+            prompt = response_text(prompt)
+        else:
+            prompt = render_messages(prompt) + "\n\n" if prompt else ""
+    return prompt, response_text(completion)
 
 
 @contextlib.contextmanager
@@ -141,6 +158,10 @@ class MarsRewardFunction:
         batch_size: sequences per forward pass (sorted by length, so batches carry little padding).
         reward_mean, reward_std: normalisation, `(r - mean) / std`; `calibrate()` estimates them on a reference set.
         dtype, device: where and how to load a reward model given as a path (default: this process's device).
+        input_format: "auto" (default) encodes each (prompt, completion) in the format it arrives in, standard or
+            conversational, exactly as training encodes that format. "text" flattens conversations to plain text
+            first (`as_text_pair`): for a reward model trained on standard (plain-text) pairs, such as the embedded
+            one, scored on a chat policy's conversational prompts.
     """
 
     def __init__(
@@ -154,6 +175,7 @@ class MarsRewardFunction:
         reward_std: float = 1.0,
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
+        input_format: str = "auto",
     ):
         if isinstance(reward_model, (str, os.PathLike)):
             self.model, loaded_tokenizer = load_reward_model(str(reward_model), dtype=dtype, device=device)
@@ -174,19 +196,26 @@ class MarsRewardFunction:
         self.batch_size = batch_size
         self.reward_mean, self.reward_std = float(reward_mean), float(reward_std)
         self._special_ids = set(self.tokenizer.all_special_ids)
-        self._has_chat_template = getattr(self.tokenizer, "chat_template", None) is not None
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"MarsRewardFunction: input_format must be one of {INPUT_FORMATS}, got {input_format!r}.")
+        self.input_format = input_format
         # TRL names each reward function in its logs (`rewards/<name>/mean`) after `__name__`.
         self.__name__ = "mars_reward"
 
     # ------------------------------------------------------------------ encoding
 
     def encode(self, prompt: str | list[dict], completion: str | list[dict]) -> list[int]:
-        """Token ids of one (prompt, completion), exactly as `MarsRewardTrainer` encodes a training response."""
-        conversational = isinstance(prompt, list) or isinstance(completion, list)
-        if conversational and not self._has_chat_template:
-            # No chat template (BERT & co.): the reward model was trained on text, so give it text.
-            prompt, completion = prompt_text(prompt), response_text(completion)
-        elif conversational:
+        """Token ids of one (prompt, completion), exactly as `MarsRewardTrainer` encodes a training response.
+
+        The pair goes through `trl_mars.data.tokenize_pair`, the function training tokenises with, so a conversation
+        is encoded as training encodes a conversational pair: with the reward tokenizer's chat template, or (no
+        template: BERT & co.) rendered as "Role: content" turns, the completion keeping its "Assistant:" role.
+        With `input_format="text"` a conversation is first flattened to the standard format (`as_text_pair`), for
+        reward models trained on plain-text pairs.
+        """
+        if self.input_format == "text":
+            prompt, completion = as_text_pair(prompt, completion)
+        elif isinstance(prompt, list) or isinstance(completion, list):
             prompt = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             completion = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
         # tokenize_pair encodes a preference pair; scoring one response means encoding it as the chosen side.
