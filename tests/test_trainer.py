@@ -236,7 +236,8 @@ def test_non_string_values_and_empty_datasets_are_rejected(tmp_path):
         ({"mars_adaboost_beta": -0.1}, "mars_adaboost_beta"),
         ({"mars_won_candidates": 1}, "mars_won_candidates"),
         ({"mars_won_generator": "sampler"}, "mars_won_generator"),
-        ({"mars_strategy": "won", "mars_won_generator": "causal_lm"}, "mars_won_model"),
+        # (won with causal_lm and no mars_won_model is valid now: the packaged SmolLM2 is its default)
+        ({"mars_chat_extra_body": "not json"}, "mars_chat_extra_body"),
         ({"mars_strategy": "adaboost", "max_steps": 10}, "epochs"),
         ({"mars_paraphraser": "gpt"}, "mars_paraphraser"),
         ({"mars_tau": 0.0}, "mars_tau"),
