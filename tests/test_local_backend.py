@@ -155,6 +155,12 @@ def test_temperature_zero_is_greedy(tiny_llama):
     ("The text conveys a message about bread.", None),
     ("Sure! To bake bread you need flour.", "Sure! To bake bread you need flour."),  # a text that starts with Sure
     ("   ", None),
+    ('The original text: "What are you hoping to do?"', "What are you hoping to do?"),
+    ('The sentence "It made no difference" has been rephrased to "It changed nothing".', None),
+    ("The original text was rephrased to convey a more engaging message.", None),
+    ("In this context, the original text is rephrased to convey a specific message.", None),
+    ("This statement highlights the importance of law enforcement.", None),
+    ("The law is against selling organs.", "The law is against selling organs."),  # "The law" is not "the text"
 ])
 def test_clean_answer_strips_meta_text(answer, expected):
     assert clean_answer(answer) == expected

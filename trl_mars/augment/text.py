@@ -36,13 +36,16 @@ _INTRO = re.compile(
     re.IGNORECASE,
 )
 # "The original text is: ...", "Incorrect: ...": a label before a (usually quoted) restatement
-_ECHO = re.compile(r"^\s*(?:the (?:original |rewritten |revised )?(?:text|sentence|statement) (?:is|reads)|"
+_ECHO = re.compile(r"^\s*(?:the (?:original |rewritten |revised )?(?:text|sentence|statement)(?: (?:is|reads))?|"
                    r"incorrect|correct|original)\s*:\s*", re.IGNORECASE)
+# bump when `clean_answer` changes what it keeps: cached paraphrases of an older version are then cleaned again
+CLEANING_VERSION = 2
 _OUTRO = re.compile(r"^\s*\(?(?:note\b|i hope\b|let me know\b|this (?:paraphrase|version|rewrite)\b)", re.IGNORECASE)
 _ABOUT_THE_TEXT = re.compile(
-    r"^\s*(?:the (?:original |given |above )?(?:text|passage|sentence|response|reply)|this text|in this text)\b"
-    r"[^.\n]{0,40}\b(?:suggests|says|states|is about|describes|talks|discusses|means|implies|conveys|provides|"
-    r"aims|highlights|uses|is a|is an)\b",
+    r"^\s*(?:(?:the|this) (?:original |given |above |rewritten )?(?:text|passage|sentence|statement|response|reply"
+    r"|phrase)|in this context|in this text)\b"
+    r"[^\n]{0,80}?\b(?:suggests|says|states|is about|describes|talks|discusses|means|implies|conveys|provides|"
+    r"aims|highlights|uses|is a|is an|has been|was|rephrased|rewritten|paraphrased)\b",
     re.IGNORECASE,
 )
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
@@ -92,7 +95,7 @@ class TextParaphraser:
 
     def fingerprint(self) -> dict[str, Any]:
         return {**self.generator.fingerprint(), "temperature": self.temperature,
-                "max_new_tokens": self.max_new_tokens, **self.template.fingerprint}
+                "max_new_tokens": self.max_new_tokens, **self.template.fingerprint, "cleaning": CLEANING_VERSION}
 
     def token_budget(self, text: str) -> int:
         """New tokens allowed for a paraphrase of `text`: about 1.5 times its length (estimated from words, since a
