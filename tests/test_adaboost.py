@@ -119,3 +119,43 @@ def test_mars_weight_originals_uses_the_rounds_allocation(tmp_path, minilm_path)
     assert expected.max() - expected.min() > 0.1  # tau 5 makes the allocation (and so the weights) uneven
     np.testing.assert_allclose(trainer._mars_callback.example_weights.numpy(), expected, rtol=1e-5)
     assert len(trainer.train_dataset) > 16  # the synthetic pairs are still added
+
+
+def test_synthetic_weight_reaches_the_loss_of_synthetic_pairs_only(tmp_path, minilm_path):
+    """mars_synthetic_weight=0.25: synthetic rows read slot N + source_index, whose weight is 0.25 (1 for the
+    originals), and the training loss of a batch with one original and one synthetic pair is
+    (1 * l_original + 0.25 * l_synthetic) / 2 from the same logits."""
+    from trl_mars.adaboost import WeightedLossMixin
+
+    args = mars_args(tmp_path, num_train_epochs=2, mars_warmup_epochs=1, mars_synthetic_weight=0.25)
+    trainer = MarsRewardTrainer(minilm_path, args=args, train_dataset=Dataset.from_list(tiny_rows(16)))
+    assert isinstance(trainer, WeightedLossMixin)
+    trainer.train()
+    callback = trainer._mars_callback
+    assert callback.example_weights.tolist() == [1.0] * 16 + [0.25] * 16
+    dataset = trainer.train_dataset
+    slots = dataset["source_index"]
+    assert slots[:16] == list(range(16)) and len(slots) > 16 and all(s >= 16 for s in slots[16:])
+    written = [json.loads(line)["source_index"] for line in
+               (tmp_path / "mars" / "round_1" / "synthetic.jsonl").read_text().splitlines()]
+    assert [s - 16 for s in slots[16:]] == written  # the tuple of each synthetic row is kept, offset by N
+    batch = trainer.data_collator([dataset[0], dataset[16]])
+    trainer.model.train()
+    loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    chosen, rejected = torch.chunk(outputs.logits.squeeze(-1).detach(), chunks=2)
+    per_pair = -torch.nn.functional.logsigmoid(chosen - rejected)
+    assert loss.item() == pytest.approx(((per_pair[0] + 0.25 * per_pair[1]) / 2).item(), rel=1e-5)
+
+
+def test_synthetic_weight_one_keeps_trl_loss_and_rejects_bad_values(tmp_path):
+    from trl_mars import MarsRewardConfig
+
+    with pytest.raises(ValueError, match="mars_synthetic_weight"):
+        MarsRewardConfig(str(tmp_path), mars_synthetic_weight=-0.5)
+    with pytest.raises(ValueError, match="mars_synthetic_weight"):
+        MarsRewardConfig(str(tmp_path), mars_synthetic_weight=float("nan"))
+    callback = MarsAugmentationCallback(MarsRewardConfig(str(tmp_path)))
+    assert not callback._weights_synthetic  # 1.0 (the paper): no weighted loss is mixed in
+    callback = MarsAugmentationCallback(MarsRewardConfig(str(tmp_path), mars_strategy="adaboost",
+                                                         mars_synthetic_weight=0.5))
+    assert not callback._weights_synthetic  # adds no pairs: nothing to weigh

@@ -127,3 +127,24 @@ def test_a_setting_added_after_a_cell_ran_keeps_the_cell_when_left_at_its_defaul
     cell.args.mars_max_budget_share = 4.0
     with pytest.raises(ValueError, match="mars_max_budget_share"):
         load_finished(cell)
+
+
+def test_paired_difference_by_hand():
+    """Seed-paired accuracy differences and the per-pair standard error, computed by hand (a tie is wrong)."""
+    from trl_mars.compare import _paired_text, paired_difference
+
+    plain = [{"seed": 1, "accuracy": 0.5, "eval_margins": [1.0, -1.0, 1.0, -1.0]},
+             {"seed": 2, "accuracy": 0.5, "eval_margins": [1.0, 1.0, -1.0, -1.0]}]
+    variant = [{"seed": 1, "accuracy": 0.75, "eval_margins": [1.0, 1.0, 1.0, -1.0]},
+               {"seed": 2, "accuracy": 0.5, "eval_margins": [1.0, 1.0, 0.0, -1.0]},
+               {"seed": 3, "accuracy": 0.9, "eval_margins": [1.0, 1.0, 1.0, 1.0]}]  # no plain seed 3: left out
+    paired = paired_difference(variant, plain)
+    assert paired["seeds"] == [1, 2] and paired["wins"] == 1
+    assert paired["per_seed"] == pytest.approx([0.25, 0.0])
+    assert paired["mean"] == pytest.approx(0.125) and paired["std"] == pytest.approx(0.25 / 2 ** 0.5)
+    # per pair, mean over seeds of [variant right] - [plain right]: [0, 0.5, 0, 0]; sd (ddof=1) 0.25, se 0.25 / 2
+    assert paired["n_pairs"] == 4 and paired["pair_mean"] == pytest.approx(0.125)
+    assert paired["pair_se"] == pytest.approx(0.125)
+    assert (paired["gained"], paired["lost"]) == (1, 0)
+    assert _paired_text(paired) == "+12.5 ± 17.7 [± 12.5] (1/2)"
+    assert paired_difference(variant, [{"seed": 7, "accuracy": 0.5}]) is None

@@ -104,6 +104,7 @@ class MarsAugmentationCallback(TrainerCallback):
         self._checked_epoch: int | None = None
         # 'adaboost': the current loss weight of each original tuple, indexed by its `source_index` value
         self.example_weights = None
+        self._synthetic_slot_offset: int | None = None
         # Every figure this callback sent to the trainer's loggers, with its step. Kept here, not in
         # `state.log_history`, so Trainer's own entries keep their places (see `log_figures`).
         self.log_history: list[dict[str, Any]] = []
@@ -132,7 +133,7 @@ class MarsAugmentationCallback(TrainerCallback):
             trainer.__class__ = with_growing_dataset(type(trainer))
         trainer._mars_callback = self
         _quiet_console_printers(trainer)
-        if self.args.mars_strategy == "adaboost" or self._weights_originals:
+        if self.args.mars_strategy == "adaboost" or self._weights_originals or self._weights_synthetic:
             self._attach_weighted_loss(trainer)
         self.base_train = trainer.train_dataset
         self.evidence = Evidence(Path(self.args.output_dir) / "mars")
@@ -173,14 +174,23 @@ class MarsAugmentationCallback(TrainerCallback):
         if not isinstance(trainer.data_collator, SourceIndexCollator):
             trainer.data_collator = SourceIndexCollator(trainer.data_collator)
         self._weight_slots = torch.as_tensor(column_values(trainer.train_dataset, SOURCE_INDEX), dtype=torch.long)
+        # `mars_synthetic_weight`: synthetic rows look up their weight at slot `offset + source_index` (see `grow`)
+        self._synthetic_slot_offset = (int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0) \
+            if self._weights_synthetic else None
         self.set_example_weights(np.ones(len(self._weight_slots)))
 
     def set_example_weights(self, weights: np.ndarray) -> None:
-        """Per-tuple loss weights, in the order of the original train set, for `WeightedLossMixin`."""
+        """Per-tuple loss weights, in the order of the original train set, for `WeightedLossMixin`; synthetic pairs
+        get their tuple's weight times `mars_synthetic_weight` when that is not 1."""
         import torch
 
-        table = torch.zeros(int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0, dtype=torch.float32)
-        table[self._weight_slots] = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        size = int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0
+        offset = self._synthetic_slot_offset
+        table = torch.zeros(size if offset is None else offset + size, dtype=torch.float32)
+        values = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        table[self._weight_slots] = values
+        if offset is not None:
+            table[offset + self._weight_slots] = values * float(self.args.mars_synthetic_weight)
         self.example_weights = table
 
     def build_backends(self, args: MarsRewardConfig | None = None):
@@ -368,6 +378,10 @@ class MarsAugmentationCallback(TrainerCallback):
     def _weights_originals(self) -> bool:
         return self.args.mars_weight_originals and self.args.mars_strategy in ("mars", "mars_nosem", "uniform")
 
+    @property
+    def _weights_synthetic(self) -> bool:
+        return self.args.mars_synthetic_weight != 1.0 and self.args.adds_pairs
+
     def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
         """r^{t-1}(x_i, y) for (tuple index i, response text y), tokenised as training tokenises (all ranks)."""
         from .tokenization import tokenize_pairs
@@ -411,9 +425,12 @@ class MarsAugmentationCallback(TrainerCallback):
         if self.tokenize_rows is not None:
             new = self.tokenize_rows(rows)
         else:
-            columns = [c for c in ("prompt", "chosen", "rejected", "margin") if c in rows[0]]
+            columns = [c for c in ("prompt", "chosen", "rejected", "margin", SOURCE_INDEX) if c in rows[0]]
             new = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
             new = trainer._prepare_dataset(new, trainer.processing_class, trainer.args, "synthetic")
+        if self._synthetic_slot_offset is not None:  # synthetic rows read their own loss-weight slots
+            shifted = [self._synthetic_slot_offset + int(i) for i in column_values(new, SOURCE_INDEX)]
+            new = new.remove_columns(SOURCE_INDEX).add_column(SOURCE_INDEX, shifted)
         new = new.select_columns([c for c in trainer.train_dataset.column_names if c in new.column_names])
         if new.features != trainer.train_dataset.features:
             new = new.cast(trainer.train_dataset.features)

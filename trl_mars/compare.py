@@ -377,8 +377,40 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else None)
 
 
-def summarise(results: list[dict[str, Any]], datasets: list[GridDataset], variants: list[str]) -> dict[str, Any]:
-    """Per dataset and variant: mean and std (ddof=1) over seeds of accuracy, SNR and wall time."""
+def paired_difference(results: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A variant's held-out accuracy minus the baseline's on the same seeds and the same held-out pairs.
+
+    Per seed: the accuracy difference (mean and std, ddof=1, over the shared seeds). Per held-out pair j: D_j, the
+    mean over those seeds of [variant right] - [baseline right] (a margin > 0 is right, as in `evaluate_margins`);
+    mean_j D_j is the same difference, and sd_j(D_j) / sqrt(n) is its standard error over held-out pairs, which
+    is what decides whether a gain would carry to other pairs from the same distribution. `gained`/`lost` count
+    (pair, seed) cases right only with the variant / only with the baseline. None without a shared seed.
+    """
+    by_seed = {r["seed"]: r for r in baseline}
+    shared = [r for r in results if r["seed"] in by_seed]
+    if not shared:
+        return None
+    seeds = [r["seed"] for r in shared]
+    per_seed = [r["accuracy"] - by_seed[r["seed"]]["accuracy"] for r in shared]
+    mean, std = _mean_std(per_seed)
+    out = {"seeds": seeds, "mean": mean, "std": std, "per_seed": per_seed, "wins": sum(d > 0 for d in per_seed)}
+    margins = [(r.get("eval_margins"), by_seed[r["seed"]].get("eval_margins")) for r in shared]
+    if all(a is not None and b is not None and len(a) == len(b) for a, b in margins):
+        right = np.array([np.asarray(a) > 0 for a, _ in margins], dtype=np.float64)
+        base_right = np.array([np.asarray(b) > 0 for _, b in margins], dtype=np.float64)
+        per_pair = (right - base_right).mean(axis=0)
+        n = per_pair.size
+        standard_error = float(per_pair.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+        out.update({"n_pairs": int(n), "pair_mean": float(per_pair.mean()), "pair_se": standard_error,
+                    "gained": int(((right == 1) & (base_right == 0)).sum()),
+                    "lost": int(((right == 0) & (base_right == 1)).sum())})
+    return out
+
+
+def summarise(results: list[dict[str, Any]], datasets: list[GridDataset], variants: list[str],
+              baseline: str = "none") -> dict[str, Any]:
+    """Per dataset and variant: mean and std (ddof=1) over seeds of accuracy, SNR and wall time, and the paired
+    difference from `baseline` (plain training) on the shared seeds (`paired_difference`)."""
     table: dict[str, dict[str, Any]] = {}
     for dataset in datasets:
         rows = {}
@@ -393,11 +425,16 @@ def summarise(results: list[dict[str, Any]], datasets: list[GridDataset], varian
                              "snr_std": snr_std, "seeds": [r["seed"] for r in cell_results],
                              "accuracy_per_seed": [r["accuracy"] for r in cell_results],
                              "wall_time_s_mean": float(np.mean([r["wall_time_s"] for r in cell_results]))}
+        base_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == baseline]
+        for variant, row in rows.items():
+            if variant != baseline and base_results:
+                cell_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == variant]
+                row["vs_baseline"] = paired_difference(cell_results, base_results)
         table[dataset.key] = {"name": dataset.name, "n_train": len(dataset.train), "n_eval": len(dataset.evaluation),
                               "train_fingerprint": dataset.train_fingerprint,
                               "eval_fingerprint": dataset.eval_fingerprint, "majority_baseline": dataset.majority,
                               "variants": rows}
-    return {"datasets": table, "variants": variants, "cells": results}
+    return {"datasets": table, "variants": variants, "cells": results, "baseline": baseline}
 
 
 def _cell_text(mean: float | None, std: float | None, bold: bool) -> str:
@@ -407,41 +444,58 @@ def _cell_text(mean: float | None, std: float | None, bold: bool) -> str:
     return f"**{text}**" if bold else text
 
 
+def _paired_text(paired: dict[str, Any] | None) -> str:
+    if not paired:
+        return "—"
+    text = f"{100 * paired['mean']:+.1f}"
+    if paired["std"] is not None:
+        text += f" ± {100 * paired['std']:.1f}"
+    if paired.get("pair_se") is not None:
+        text += f" [± {100 * paired['pair_se']:.1f}]"
+    return text + f" ({paired['wins']}/{len(paired['seeds'])})"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """Held-out accuracy and margin SNR per variant (rows) and dataset (columns): mean ± std over seeds."""
     datasets = report["datasets"]
     keys = list(datasets)
+    baseline = report.get("baseline", "none")
     lines = ["| strategy | " + " | ".join(f"{k} accuracy (n={datasets[k]['n_eval']})" for k in keys) + " | "
+             + " | ".join(f"{k} vs {baseline}, paired (points)" for k in keys) + " | "
              + " | ".join(f"{k} margin SNR" for k in keys) + " | mean wall time per run (s) |",
-             "|---|" + "---|" * (2 * len(keys) + 1)]
+             "|---|" + "---|" * (3 * len(keys) + 1)]
     best = {}
     for key in keys:
         means = [row["accuracy_mean"] for row in datasets[key]["variants"].values()]
         best[key] = max(means) if means else None
     for variant in report["variants"]:
-        accuracy_cells, snr_cells, times = [], [], []
+        accuracy_cells, paired_cells, snr_cells, times = [], [], [], []
         for key in keys:
             row = datasets[key]["variants"].get(variant)
             if row is None:
                 accuracy_cells.append("n/a")
+                paired_cells.append("n/a")
                 snr_cells.append("n/a")
                 continue
             accuracy_cells.append(_cell_text(row["accuracy_mean"], row["accuracy_std"],
                                              math.isclose(row["accuracy_mean"], best[key])))
+            paired_cells.append(_paired_text(row.get("vs_baseline")))
             snr_cells.append(_cell_text(row["snr_mean"], row["snr_std"], False))
             times.append(row["wall_time_s_mean"])
         wall_time = f"{np.mean(times):.1f}" if times else "n/a"
-        lines.append(f"| {variant} | " + " | ".join(accuracy_cells) + " | " + " | ".join(snr_cells)
-                     + f" | {wall_time} |")
+        lines.append(f"| {variant} | " + " | ".join(accuracy_cells) + " | " + " | ".join(paired_cells) + " | "
+                     + " | ".join(snr_cells) + f" | {wall_time} |")
     majority = [datasets[k]["majority_baseline"] for k in keys]
     if any(majority):
         lines.append("| majority baseline | " + " | ".join(
             f"{m['accuracy']:.3f} (always {m['label']})" if m else "—" for m in majority) + " |"
-            + " |" * (len(keys) + 1))
+            + " |" * (2 * len(keys) + 1))
     seeds = sorted({s for k in keys for row in datasets[k]["variants"].values() for s in row["seeds"]})
     lines.append("")
     lines.append(f"Held-out pairwise accuracy, mean ± std (ddof=1) over seeds {seeds}; best mean per dataset in bold. "
-                 + " ".join(f"{k}: {datasets[k]['n_train']} train pairs." for k in keys))
+                 + " ".join(f"{k}: {datasets[k]['n_train']} train pairs." for k in keys)
+                 + f" Paired: accuracy minus {baseline}'s on the same seeds and pairs, in points: mean ± std over "
+                 "seeds [± standard error over held-out pairs] (seeds above it / seeds shared).")
     return "\n".join(lines) + "\n"
 
 

@@ -42,7 +42,7 @@ from .augment.packaged import PACKAGED_MINILM, PACKAGED_SMOLLM2  # noqa: E402
 MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "MARS: strategy and allocation": (
         "mars_strategy", "mars_tau", "mars_budget_ratio", "mars_margin_mode", "mars_margin_scale",
-        "mars_max_budget_share", "mars_budget_rounding", "mars_weight_originals",
+        "mars_max_budget_share", "mars_budget_rounding", "mars_weight_originals", "mars_synthetic_weight",
     ),
     "MARS: baselines (adaboost, won)": (
         "mars_adaboost_beta", "mars_won_generator", "mars_won_candidates", "mars_won_model",
@@ -164,6 +164,15 @@ class MarsRewardConfig(RewardConfig):
             "help": "'mars', 'mars_nosem' and 'uniform': also weight each tuple's pairs in the loss by N * q_i, the "
             "round's allocation probability scaled to mean 1 (AdaBoost's weights when q comes from margins). Beyond "
             "the paper; off by default."
+        },
+    )
+    mars_synthetic_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Strategies that add pairs ('mars', 'mars_nosem', 'uniform', 'won'): the loss weight of each "
+            "synthetic pair relative to an original (times its tuple's weight under `mars_weight_originals`). 1.0 is "
+            "the paper (D^t is one training set); below 1 trusts generated pairs less, 0 trains on the originals "
+            "only. Beyond the paper."
         },
     )
     mars_won_generator: str = field(
@@ -427,6 +436,10 @@ class MarsRewardConfig(RewardConfig):
         choice("mars_harm_check", HARM_CHECKS)
         if not (isinstance(self.mars_tau, (int, float)) and math.isfinite(self.mars_tau) and self.mars_tau > 0):
             raise ValueError(f"`mars_tau` must be a finite number > 0, got {self.mars_tau!r}. The paper uses 0.5.")
+        if not (isinstance(self.mars_synthetic_weight, (int, float)) and math.isfinite(self.mars_synthetic_weight)
+                and self.mars_synthetic_weight >= 0):
+            raise ValueError(f"`mars_synthetic_weight` must be a finite number >= 0 (1.0: a synthetic pair weighs as "
+                             f"much as an original), got {self.mars_synthetic_weight!r}.")
         if not (isinstance(self.mars_adaboost_beta, (int, float)) and math.isfinite(self.mars_adaboost_beta)
                 and self.mars_adaboost_beta >= 0):
             raise ValueError(f"`mars_adaboost_beta` must be a finite number >= 0, got {self.mars_adaboost_beta!r}. "
