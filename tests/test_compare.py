@@ -148,3 +148,45 @@ def test_paired_difference_by_hand():
     assert (paired["gained"], paired["lost"]) == (1, 0)
     assert _paired_text(paired) == "+12.5 ± 17.7 [± 12.5] (1/2)"
     assert paired_difference(variant, [{"seed": 7, "accuracy": 0.5}]) is None
+
+
+def test_fold_splits_hold_every_row_or_group_out_once():
+    from datasets import Dataset
+
+    from trl_mars.data import fold_splits
+
+    data = Dataset.from_list([{**row, "row": i, "prompt_id": i // 3} for i, row in enumerate(tiny_rows(20))])
+    splits = fold_splits(data, 3, seed=0)
+    held = [row for _, evaluation in splits for row in evaluation["row"]]
+    assert sorted(held) == list(range(20))  # each row held out exactly once
+    assert sorted(len(e) for _, e in splits) == [6, 7, 7]
+    for train, evaluation in splits:
+        assert sorted(list(train["row"]) + list(evaluation["row"])) == list(range(20))
+    grouped = fold_splits(data, 3, seed=0, group_by="prompt_id")  # 7 groups: 3, 2, 2 per fold
+    for train, evaluation in grouped:
+        assert not set(train["prompt_id"]) & set(evaluation["prompt_id"])
+    assert sorted(len(set(e["prompt_id"])) for _, e in grouped) == [2, 2, 3]
+    assert [list(e["row"]) for _, e in fold_splits(data, 3, seed=0)] == [list(e["row"]) for _, e in splits]  # seeded
+    with pytest.raises(ValueError, match="folds must be"):
+        fold_splits(data, 1)
+    with pytest.raises(ValueError, match="at least 30 rows"):
+        fold_splits(data, 30)
+
+
+def test_grid_with_folds_scores_every_pair_once(tmp_path):
+    """2-fold cross-validation of plain training on 24 pairs (12 prompt groups): two trainings per seed, and the
+    pooled row's accuracy is computed over the 24 concatenated held-out margins."""
+    compare, training, model = _args(tmp_path)
+    compare.folds, compare.seeds, compare.variants = 2, [1], {}
+    report = run_grid(compare, training, model)
+    assert sorted(report["computed"]) == ["pairs/fold_1 / none / seed 1", "pairs/fold_2 / none / seed 1"]
+    pooled = report["datasets"]["pairs"]
+    assert pooled["n_eval"] == 24 and pooled["folds"] == 2
+    cell = report["cells"][0]
+    folds = sorted(report["fold_cells"], key=lambda r: r["dataset"])
+    assert [len(f["eval_margins"]) for f in folds] == [12, 12]
+    margins = folds[0]["eval_margins"] + folds[1]["eval_margins"]
+    assert cell["eval_margins"] == margins
+    assert cell["accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 24)
+    assert cell["per_fold_accuracy"] == [folds[0]["accuracy"], folds[1]["accuracy"]]
+    assert "2-fold cross-validation" in (tmp_path / "grid" / "results.md").read_text()

@@ -8,6 +8,9 @@ How a grid runs:
   groups of `group_by` when the dataset has that column), then a seeded `max_train_samples` subset. The data seed
   is not the training seed, so every cell of a dataset trains and is scored on the same pairs (each result
   records fingerprints of both to prove it).
+* Or, with `folds: k`, k-fold cross-validation: k seeded folds (whole groups where `group_by` applies), each cell
+  trains once per fold (`cells/<dataset>/fold_<f>/...`), and the table pools the folds' held-out margins, so every
+  pair is scored once by a model that did not train on it (a 1,000-pair set gives 1,000 held-out pairs).
 * Every cell's `MarsRewardConfig` is built (and so validated) before anything trains: a bad strategy name or
   override fails in seconds. A cell is a strategy (any `mars_strategy` the config accepts) or a named variant
   with config overrides (`mars_abs: {mars_strategy: mars, mars_margin_mode: absolute}`; LoRA via `use_peft`,
@@ -103,6 +106,12 @@ class CompareArguments:
                           "prompts); datasets without it are split by rows."})
     split_seed: int = field(default=DATA_SEED,
                            metadata={"help": "Seed of the hold-out and subsets; independent of the training seeds."})
+    folds: int | None = field(
+        default=None,
+        metadata={"help": "k-fold cross-validation instead of one hold-out: each dataset (its train split) is cut "
+                          "into k seeded folds (whole `group_by` groups where the column exists), every cell trains "
+                          "k times with one fold held out, and accuracies are computed over all pairs, each scored "
+                          "once, by a model that did not train on it. k times the training."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Seeded subset of each train split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Seeded subset of each held-out split."})
     majority_column: str = field(
@@ -128,6 +137,8 @@ class GridDataset:
     majority: dict[str, Any] | None
     train_fingerprint: str
     eval_fingerprint: str
+    pooled_key: str | None = None  # with --folds: the dataset this fold belongs to (its key)
+    fold: int | None = None
 
 
 def dataset_key(name: str) -> str:
@@ -147,10 +158,71 @@ def fingerprint(dataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def prepare_dataset(name: str, args: CompareArguments) -> GridDataset:
-    """Train and held-out pairs of one dataset, the same for every cell of the grid."""
+def _majority(train, evaluation, args: CompareArguments) -> dict[str, Any] | None:
     from .evaluation import majority_baseline
 
+    if args.majority_column in train.column_names and args.majority_column in evaluation.column_names:
+        return majority_baseline(column_values(train, args.majority_column),
+                                 column_values(evaluation, args.majority_column))
+    return None
+
+
+def prepare_folds(name: str, args: CompareArguments) -> list[GridDataset]:
+    """`args.folds` train/held-out splits of one dataset (`data.fold_splits`), each pair held out exactly once."""
+    from .data import fold_splits
+
+    pool, test = load_preference_splits(name, eval_fraction=0, seed=args.split_seed,
+                                        pku_preference=args.pku_preference)
+    if test is not None:
+        logger.warning("%s has a test split; --folds cross-validates its train split and leaves the test split out.",
+                       name)
+    group = args.group_by if args.group_by in pool.column_names else None
+    key = dataset_key(name)
+    out = []
+    for number, (train, evaluation) in enumerate(fold_splits(pool, args.folds, seed=args.split_seed,
+                                                             group_by=group), start=1):
+        train = take_subset(train, args.max_train_samples, args.split_seed)
+        out.append(GridDataset(f"{key}/fold_{number}", name, train, evaluation, _majority(train, evaluation, args),
+                               fingerprint(train), fingerprint(evaluation), pooled_key=key, fold=number))
+    return out
+
+
+def pool_folds(results: list[dict[str, Any]], datasets: list[GridDataset]) -> tuple[list[dict], list[GridDataset]]:
+    """Per dataset, variant and seed with every fold finished: one result over all held-out pairs (the folds'
+    margins concatenated in fold order), and one GridDataset per pooled dataset for `summarise`."""
+    from datasets import concatenate_datasets
+
+    from .evaluation import evaluate_margins
+
+    pooled_results, pooled_datasets = [], []
+    for key in dict.fromkeys(d.pooled_key for d in datasets if d.pooled_key is not None):
+        folds = [d for d in datasets if d.pooled_key == key]
+        fold_keys = [d.key for d in folds]
+        evaluation = concatenate_datasets([d.evaluation for d in folds])
+        digest = hashlib.sha256("".join(d.eval_fingerprint + d.train_fingerprint for d in folds).encode())
+        pooled_datasets.append(GridDataset(key, folds[0].name, folds[0].train, evaluation, None,
+                                           digest.hexdigest()[:16], fingerprint(evaluation), fold=len(folds)))
+        by_cell: dict[tuple[str, int], dict[str, dict]] = {}
+        for r in results:
+            if r["dataset"] in fold_keys:
+                by_cell.setdefault((r["variant"], r["seed"]), {})[r["dataset"]] = r
+        for (variant, seed), per_fold in by_cell.items():
+            if len(per_fold) < len(fold_keys):
+                continue  # a partial cross-validation says nothing about all pairs
+            parts = [per_fold[k] for k in fold_keys]
+            margins = [m for part in parts for m in part["eval_margins"]]
+            report = evaluate_margins(np.asarray(margins, dtype=np.float64))
+            pooled_results.append({
+                "dataset": key, "variant": variant, "seed": seed, "strategy": parts[0]["strategy"],
+                "accuracy": report["accuracy"], "margin_mean": report["margin_mean"],
+                "margin_std": report["margin_std"], "snr": report["snr"], "n_eval": report["n"],
+                "folds": len(parts), "per_fold_accuracy": [part["accuracy"] for part in parts],
+                "wall_time_s": round(sum(part["wall_time_s"] for part in parts), 2), "eval_margins": margins})
+    return pooled_results, pooled_datasets
+
+
+def prepare_dataset(name: str, args: CompareArguments) -> GridDataset:
+    """Train and held-out pairs of one dataset, the same for every cell of the grid."""
     train, evaluation = load_preference_splits(name, eval_fraction=0, seed=args.split_seed,
                                                pku_preference=args.pku_preference)
     if evaluation is None:
@@ -160,12 +232,8 @@ def prepare_dataset(name: str, args: CompareArguments) -> GridDataset:
         train, evaluation = split_holdout(train, args.eval_fraction, seed=args.split_seed, group_by=group)
     train = take_subset(train, args.max_train_samples, args.split_seed)
     evaluation = take_subset(evaluation, args.max_eval_samples, args.split_seed)
-    majority = None
-    if args.majority_column in train.column_names and args.majority_column in evaluation.column_names:
-        majority = majority_baseline(column_values(train, args.majority_column),
-                                     column_values(evaluation, args.majority_column))
-    return GridDataset(dataset_key(name), name, train, evaluation, majority, fingerprint(train),
-                       fingerprint(evaluation))
+    return GridDataset(dataset_key(name), name, train, evaluation, _majority(train, evaluation, args),
+                       fingerprint(train), fingerprint(evaluation))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,7 +410,10 @@ def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
     """Prepares data, validates every cell, runs the unfinished ones, writes table, JSON and plots."""
     root = Path(base_args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    datasets = [prepare_dataset(name, args) for name in args.datasets]
+    if args.folds is not None and args.max_eval_samples is not None:
+        raise ValueError("--folds scores every pair once; it cannot be combined with --max_eval_samples.")
+    datasets = [d for name in args.datasets
+                for d in (prepare_folds(name, args) if args.folds is not None else [prepare_dataset(name, args)])]
     keys = [d.key for d in datasets]
     if len(set(keys)) != len(keys):
         raise ValueError(f"two datasets share a folder name: {keys}. Rename one of the files.")
@@ -361,7 +432,13 @@ def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
             print(f"[compare] cell {number}/{len(cells)}: {label}: finished earlier, accuracy "
                   f"{result['accuracy']:.3f}", flush=True)
         results.append(result)
-    report = summarise(results, datasets, list(parse_variants(args.strategies, args.variants)))
+    variants = list(parse_variants(args.strategies, args.variants))
+    if args.folds is not None:
+        pooled, pooled_datasets = pool_folds(results, datasets)
+        report = summarise(pooled, pooled_datasets, variants)
+        report["fold_cells"] = results
+    else:
+        report = summarise(results, datasets, variants)
     report["computed"] = computed
     (root / "results.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (root / "results.md").write_text(markdown_table(report), encoding="utf-8")
@@ -431,6 +508,7 @@ def summarise(results: list[dict[str, Any]], datasets: list[GridDataset], varian
                 cell_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == variant]
                 row["vs_baseline"] = paired_difference(cell_results, base_results)
         table[dataset.key] = {"name": dataset.name, "n_train": len(dataset.train), "n_eval": len(dataset.evaluation),
+                              "folds": dataset.fold,
                               "train_fingerprint": dataset.train_fingerprint,
                               "eval_fingerprint": dataset.eval_fingerprint, "majority_baseline": dataset.majority,
                               "variants": rows}
@@ -493,7 +571,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     seeds = sorted({s for k in keys for row in datasets[k]["variants"].values() for s in row["seeds"]})
     lines.append("")
     lines.append(f"Held-out pairwise accuracy, mean ± std (ddof=1) over seeds {seeds}; best mean per dataset in bold. "
-                 + " ".join(f"{k}: {datasets[k]['n_train']} train pairs." for k in keys)
+                 + " ".join(f"{k}: {datasets[k]['n_train']} train pairs"
+                            + (f" per fold, {datasets[k]['folds']}-fold cross-validation (every pair held out once)."
+                               if datasets[k].get("folds") else ".") for k in keys)
                  + f" Paired: accuracy minus {baseline}'s on the same seeds and pairs, in points: mean ± std over "
                  "seeds [± standard error over held-out pairs] (seeds above it / seeds shared).")
     return "\n".join(lines) + "\n"
@@ -566,7 +646,8 @@ def write_plots(report: dict[str, Any], root: Path) -> list[str]:
             seeds = datasets[key]["variants"].get(variant, {}).get("seeds", [])
             if not seeds:
                 continue
-            margins = _read_round_margins(root / "cells" / key / variant / f"seed_{seeds[0]}")
+            folder = f"{key}/fold_1" if datasets[key].get("folds") else key  # cross-validation: the first fold
+            margins = _read_round_margins(root / "cells" / folder / variant / f"seed_{seeds[0]}")
             if margins:
                 series.setdefault(key, {})[variant] = margins
     if series:

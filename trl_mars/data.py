@@ -369,6 +369,36 @@ def split_holdout(dataset: Dataset, eval_fraction: float, *, seed: int = DATA_SE
     return dataset.select(train_rows), dataset.select(eval_rows)
 
 
+def fold_splits(dataset: Dataset, folds: int, *, seed: int = DATA_SEED,
+                group_by: str | None = None) -> list[tuple[Dataset, Dataset]]:
+    """k-fold cross-validation: `folds` (train, held-out) splits in which every row is held out exactly once.
+
+    Rows (or, with `group_by`, whole groups, so no prompt is both trained on and scored) are shuffled with `seed`
+    and cut into `folds` parts whose sizes differ by at most one; each split keeps the dataset's row order.
+    """
+    import numpy as np
+
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}.")
+    if group_by is not None and group_by not in dataset.column_names:
+        raise PreferenceDataError(f"no column '{group_by}' to group the folds by (columns: "
+                                  f"{sorted(dataset.column_names)}).", dataset="train", column=group_by,
+                                  fix="name an existing column, or split by rows (no group_by).")
+    keys = column_values(dataset, group_by) if group_by is not None else list(range(len(dataset)))
+    groups = sorted(set(keys), key=str) if group_by is not None else keys
+    if len(groups) < folds:
+        unit = f"groups of '{group_by}'" if group_by is not None else "rows"
+        raise ValueError(f"{folds} folds need at least {folds} {unit}; the dataset has {len(groups)}.")
+    order = np.random.default_rng(seed).permutation(len(groups))
+    fold_of = {groups[i]: f for f, part in enumerate(np.array_split(order, folds)) for i in part}
+    splits = []
+    for f in range(folds):
+        held_out = [i for i, key in enumerate(keys) if fold_of[key] == f]
+        trained = [i for i, key in enumerate(keys) if fold_of[key] != f]
+        splits.append((dataset.select(trained), dataset.select(held_out)))
+    return splits
+
+
 def _check_local_path(dataset_name: str) -> None:
     """A missing local file fails here, not as a confusing Hub lookup of a path."""
     if dataset_name.endswith((".json", ".jsonl")) and not os.path.isfile(dataset_name):
