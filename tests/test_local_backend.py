@@ -300,3 +300,23 @@ def test_local_settings_resolve_their_default_models(tmp_path):
     assert judge.generator._model is None
     lexical = build_paraphraser(mars_args(tmp_path, mars_paraphraser="lexical"), cache)
     assert not isinstance(lexical, FidelityFilter)  # the filter is off for lexical rewrites
+
+
+def test_batches_report_progress_in_logs_when_no_bar_is_drawn(monkeypatch, caplog):
+    """Off a terminal tqdm draws nothing, so long generation logs done/total at INFO instead (here every batch)."""
+    import logging
+
+    from trl_mars.augment import engine
+
+    monkeypatch.setattr(engine, "PROGRESS_LOG_SECONDS", 0.0)
+    encoded = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
+    with caplog.at_level(logging.INFO, logger="trl_mars"):
+        batches = list(engine.length_sorted_batches(encoded, 2, 0, "cpu", desc="paraphrase", progress=True))
+    assert [positions for positions, _, _ in batches] == [[3, 0], [2, 1], [4]]  # longest first
+    assert batches[0][1].tolist() == [[7, 8, 9, 10], [0, 1, 2, 3]]  # left-padded
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("paraphrase:")]
+    assert [line.split(",")[0] for line in lines] == ["paraphrase: 2/5 inputs", "paraphrase: 4/5 inputs"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="trl_mars"):
+        list(engine.length_sorted_batches(encoded, 2, 0, "cpu", desc="quiet", progress=False))
+    assert not [r for r in caplog.records if r.getMessage().startswith("quiet:")]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "SeededRowSampler", "length_sor
 
 DEFAULT_LOCAL_MODEL = PACKAGED_SMOLLM2
 _ENGINE_VERSION = 1  # bump when a change to this file changes answers for the same request
+PROGRESS_LOG_SECONDS = 60.0  # off a terminal, long generation reports progress this often (INFO)
 
 
 class SeededRowSampler:
@@ -304,6 +306,7 @@ def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad
     import torch
 
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    started = last_report = time.monotonic()
     with tqdm(total=len(order), desc=desc, unit="input", leave=False, disable=not progress or None) as bar:
         for start in range(0, len(order), batch_size):
             positions = order[start : start + batch_size]
@@ -316,7 +319,13 @@ def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad
                 mask[row, span] = 1
             yield positions, ids.to(device), mask.to(device)
             bar.update(len(positions))
-            logger.debug("%s: %d/%d", desc, min(start + batch_size, len(order)), len(order))
+            done, now = min(start + batch_size, len(order)), time.monotonic()
+            # tqdm draws nothing off a terminal (logs, nohup, a cluster's job output): a line a minute instead
+            if progress and bar.disable and done < len(order) and now - last_report >= PROGRESS_LOG_SECONDS:
+                rate = done / max(now - started, 1e-9)
+                logger.info("%s: %d/%d inputs, %.2f/s, about %.0f min left", desc, done, len(order), rate,
+                            (len(order) - done) / rate / 60)
+                last_report = now
 
 
 def _ready_tokenizer(tokenizer):
