@@ -1,4 +1,4 @@
-"""Semantic distances d = 1 - e+ . e- and the mean-threshold labels (DESIGN.md step 4, paper eq. 7)."""
+"""Semantic distances d = 1 - e+ . e- and the mean-threshold labels (docs/architecture.md, step 4; paper eq. 7)."""
 
 from __future__ import annotations
 

@@ -441,7 +441,7 @@ class MarsAugmentationCallback(TrainerCallback):
         self.dataset_version += 1
 
     def semantic_labels(self) -> tuple[np.ndarray, list[str]]:
-        """Distances and labels of the original pairs, once per run, on the main process (DESIGN.md 1, step 4)."""
+        """Distances and labels of the original pairs, once per run, on the main process (docs/architecture.md, step 4)."""
         if self.semantic is None:
             payload: list[Any] = [None]
             if self.trainer.accelerator.is_main_process:

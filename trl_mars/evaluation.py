@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-# Official section mapping of RewardBench (DESIGN.md section 1).
+# Official section mapping of RewardBench (docs/usage.md, "Evaluating a reward model").
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
     "Chat": ("alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"),
     "Chat Hard": ("mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",

@@ -1,4 +1,4 @@
-"""Evidence of every round on disk, for a person and for a script (DESIGN.md 2).
+"""Evidence of every round on disk, for a person and for a script (docs/evidence.md).
 
 `<output_dir>/mars/round_<t>/allocation.jsonl` (one row per original tuple), `round_<t>/synthetic.jsonl` (one row
 per added pair, with provenance) and `mars/summary.json` (per-round figures, held-out reports, config). The same

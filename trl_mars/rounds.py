@@ -1,4 +1,4 @@
-"""One MARS augmentation round, from margins to synthetic rows (DESIGN.md 1, steps 2-6), read top to bottom.
+"""One MARS augmentation round, from margins to synthetic rows (docs/architecture.md, steps 2-6), read top to bottom.
 
 `run_round(RoundInputs)` is the whole round; each stage is a named block timed into `inputs.timings`:
 

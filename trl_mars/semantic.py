@@ -1,4 +1,4 @@
-"""Semantic distances and labels (DESIGN.md section 1, step 4; paper eq. 7).
+"""Semantic distances and labels (docs/architecture.md, step 4; paper eq. 7).
 
 For every original tuple, e+ and e- are unit-normalised sentence embeddings of the chosen and rejected responses,
 d_i = 1 - e_i+ . e_i- (in [0, 2]), the threshold is the mean distance d_bar, and a tuple is "high" when

@@ -94,7 +94,7 @@ PreferenceCheck = Callable[[Sequence[tuple[str, str, str]]], "list[bool | None]"
 
 @dataclass
 class RefinementRequest:
-    """A low-distance tuple selected for rewriting (DESIGN.md 1, step 5)."""
+    """A low-distance tuple selected for rewriting (docs/architecture.md, step 5)."""
 
     index: int
     prompt: str

@@ -1,4 +1,4 @@
-"""Sentence embedders for the semantic distance (DESIGN.md 1, step 4): the one home of the embedding back-end.
+"""Sentence embedders for the semantic distance (docs/architecture.md, step 4): the one home of the embedding back-end.
 
 The `Embedder` protocol is declared with the other back-end protocols in `base`; this module holds its
 sentence-transformers implementation. `semantic` (distances and labels) uses embedders through the protocol, and

@@ -1,4 +1,4 @@
-"""Semantic-distance refinement with a chat model (DESIGN.md 1, step 5; paper section 3.2 and appendix A.3).
+"""Semantic-distance refinement with a chat model (docs/architecture.md, step 5; paper section 3.2 and appendix A.3).
 
 For each low-distance pair the REJECTED response is rewritten first (up to `max_attempts` tries) so that it stays
 worse than the chosen one but moves away from it; only when no rejected rewrite is kept is the CHOSEN response
