@@ -210,6 +210,43 @@ def test_fidelity_filter_on_hand_made_paraphrases(minilm_path):
     assert wide.paraphrase([source], 3) == [[faithful, drifted, copy]]
 
 
+class RecordingParaphraser(FixedParaphraser):
+    """Hand-written variants, numbered like a generative back-end's answers; records every (texts, n) asked."""
+
+    def __init__(self, variants):
+        super().__init__(variants)
+        self.calls = []
+
+    def paraphrase(self, texts, n):
+        self.calls.append((list(texts), n))
+        return super().paraphrase(texts, n)
+
+
+def test_fidelity_filter_asks_for_more_answers_until_enough_are_kept(minilm_path):
+    """n=2 wanted: answers 1-2 keep one (the other drifted), answer 3 is a near-copy, answer 4 is kept. A text whose
+    answers all drift is asked up to 3 answers per variant wanted (MAX_SAMPLES_PER_VARIANT), then left short."""
+    from trl_mars.augment.embedding import SentenceTransformerEmbedder
+    from trl_mars.augment.fidelity import MAX_SAMPLES_PER_VARIANT
+
+    source = "Wrap the bread in a clean cloth and keep it in a bread box so it stays fresh for days."
+    faithful = "To keep bread fresh for several days, wrap it in a clean towel and store it in a bread bin."
+    faithful_2 = "Bread stays fresh for days if you wrap it in a clean cloth and put it in a bread box."
+    drifted = "The stock market fell sharply today after the central bank raised interest rates."
+    copy = "Wrap the bread in a clean cloth and keep it in a bread box, so it stays fresh for days."
+    hopeless = "Tea tastes better with fresh water."
+    inner = RecordingParaphraser({source: [drifted, faithful, copy, faithful_2],
+                                  hopeless: [drifted, copy.upper(), "Stocks fell again.", "More stock news."]})
+    filtered = FidelityFilter(inner, SentenceTransformerEmbedder(minilm_path), min_similarity=0.6,
+                              max_similarity=0.98)
+    assert filtered.paraphrase([source], 2) == [[faithful, faithful_2]]
+    assert [n for _, n in inner.calls] == [2, 3, 4]  # 2 asked, 1 kept -> 3; near-copy -> 4; 2 kept: done
+    assert (filtered.counts["kept"], filtered.counts["too_far"], filtered.counts["near_copy"]) == (2, 1, 1)
+    inner.calls.clear()
+    assert filtered.paraphrase([hopeless, source], 1) == [[], [faithful]]
+    assert MAX_SAMPLES_PER_VARIANT == 3
+    assert inner.calls == [([hopeless, source], 1), ([hopeless, source], 2), ([hopeless], 3)]
+
+
 def test_fidelity_defaults_follow_the_backend(tmp_path):
     assert mars_args(tmp_path, mars_paraphraser="lexical").paraphrase_similarity_bounds == (0.0, 1.0)
     assert mars_args(tmp_path, mars_paraphraser="local").paraphrase_similarity_bounds == (0.6, 0.98)

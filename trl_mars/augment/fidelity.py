@@ -4,8 +4,8 @@ A generative paraphraser drifts: a 135M chat model sometimes answers the text in
 restates a different claim. A paraphrase whose embedding cosine to its source is below `min_similarity` is dropped
 (it says something else); one above `max_similarity` is dropped too (a near-copy adds a pair that is the original in
 all but punctuation). The filter wraps the cached paraphraser, so changing a threshold re-filters the cached answers
-without generating again; when it leaves a tuple short of variants, the round asks the back-end for more (its
-top-up), which generates only the new answers.
+without generating again; when it leaves a text short of variants it asks the back-end for more answers (up to
+`MAX_SAMPLES_PER_VARIANT` per variant wanted), which generates only the new ones.
 
 Counts (cumulative; `stats`, read into each round's summary): paraphrases kept, dropped as too far, dropped as
 near-copies, plus the generator's own counters (answers generated and replayed from the cache) where it has them.
@@ -13,6 +13,7 @@ near-copies, plus the generator's own counters (answers generated and replayed f
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,10 @@ import numpy as np
 
 from .base import Embedder, Paraphraser
 
-__all__ = ["FidelityFilter", "similarity_verdicts"]
+__all__ = ["MAX_SAMPLES_PER_VARIANT", "FidelityFilter", "similarity_verdicts"]
+
+# A text short of kept variants is asked again, up to this many answers per variant wanted in all.
+MAX_SAMPLES_PER_VARIANT = 3
 
 
 def similarity_verdicts(similarities: Sequence[float], min_similarity: float, max_similarity: float) -> list[str]:
@@ -57,19 +61,44 @@ class FidelityFilter:
         return out
 
     def paraphrase(self, texts: Sequence[str], n: int) -> list[list[str]]:
-        variants = self.inner.paraphrase(texts, n)
-        flat = [(i, v) for i, vs in enumerate(variants) for v in vs]
+        """Up to `n` kept variants per text. A text short of `n` after filtering is asked again for as many more
+        answers as it lacks (a generative back-end numbers and seeds its answers, so asking for more returns the
+        same first ones plus new ones, and the cache makes the repeats free), up to `MAX_SAMPLES_PER_VARIANT * n`
+        answers in all: the round's budget is filled with faithful paraphrases instead of lost to the filter."""
+        out: list[list[str]] = [[] for _ in texts]
+        if n <= 0 or not texts:
+            return out
+        seen: list[set[str]] = [set() for _ in texts]
+        asked = [0] * len(texts)
+        limit = MAX_SAMPLES_PER_VARIANT * n
+        pending = list(range(len(texts)))
+        while pending:
+            by_total: dict[int, list[int]] = defaultdict(list)
+            for i in pending:
+                by_total[min(limit, asked[i] + n - len(out[i]))].append(i)
+            fresh: list[tuple[int, str]] = []
+            for total, members in sorted(by_total.items()):  # the protocol takes one n per call
+                for i, variants in zip(members, self.inner.paraphrase([texts[i] for i in members], total)):
+                    fresh.extend((i, v) for v in variants if v not in seen[i])
+                    seen[i].update(variants)
+                    asked[i] = total
+            for i, text in self._judge(texts, fresh):
+                out[i].append(text)
+            pending = [i for i in pending if len(out[i]) < n and asked[i] < limit]
+        return [variants[:n] for variants in out]
+
+    def _judge(self, texts: Sequence[str], flat: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The (text index, variant) items whose cosine to their source lies within the bounds; counts verdicts."""
         if not flat:
-            return [[] for _ in texts]
+            return []
         sources = sorted({i for i, _ in flat})
         embeddings = np.asarray(self.embedder.encode([texts[i] for i in sources] + [v for _, v in flat]),
                                 dtype=np.float64)
         source_row = {i: embeddings[j] for j, i in enumerate(sources)}
         similarities = [float(source_row[i] @ e) for (i, _), e in zip(flat, embeddings[len(sources):])]
-        out: list[list[str]] = [[] for _ in texts]
-        for (i, text), verdict in zip(flat, similarity_verdicts(similarities, self.min_similarity,
-                                                                 self.max_similarity)):
+        kept = []
+        for item, verdict in zip(flat, similarity_verdicts(similarities, self.min_similarity, self.max_similarity)):
             self.counts[verdict] += 1
             if verdict == "kept":
-                out[i].append(text)
-        return out
+                kept.append(item)
+        return kept
