@@ -345,7 +345,7 @@ def test_batches_report_progress_in_logs_when_no_bar_is_drawn(monkeypatch, caplo
 
     from trl_mars.augment import engine
 
-    monkeypatch.setattr(engine, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(engine, "PROGRESS_LOG_SECONDS", 0.0)  # the name engine reads (from augment.base)
     encoded = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
     with caplog.at_level(logging.INFO, logger="trl_mars"):
         batches = list(engine.length_sorted_batches(encoded, 2, 0, "cpu", desc="paraphrase", progress=True))
@@ -357,3 +357,20 @@ def test_batches_report_progress_in_logs_when_no_bar_is_drawn(monkeypatch, caplo
     with caplog.at_level(logging.INFO, logger="trl_mars"):
         list(engine.length_sorted_batches(encoded, 2, 0, "cpu", desc="quiet", progress=False))
     assert not [r for r in caplog.records if r.getMessage().startswith("quiet:")]
+
+
+def test_paraphraser_reports_progress_across_its_length_groups(tiny_llama, monkeypatch, caplog):
+    """A round's paraphrases are generated in groups of equal token budget; off a terminal each finished group
+    (here every one) logs texts done so far at INFO, so a long round shows it is moving."""
+    import logging
+
+    from trl_mars.augment import base
+
+    monkeypatch.setattr(base, "PROGRESS_LOG_SECONDS", 0.0)
+    paraphraser = TextParaphraser(LocalEngine(tiny_llama, seed=0, progress=False), max_new_tokens=64)
+    texts = ["Short one.", " ".join(["A much longer text that needs a larger budget."] * 4)]
+    assert paraphraser.token_budget(texts[0]) < paraphraser.token_budget(texts[1])  # two groups
+    with caplog.at_level(logging.INFO, logger="trl_mars"):
+        paraphraser.answers(texts, 1)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("paraphrase [")]
+    assert len(lines) == 1 and "1/2 texts (n=1)" in lines[0]  # the last group finishes the call: no line

@@ -13,6 +13,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# Off a terminal (logs, nohup, a cluster's job output) tqdm draws nothing, so long generation reports its progress
+# at INFO this often instead.
+PROGRESS_LOG_SECONDS = 60.0
+
 
 @runtime_checkable
 class Paraphraser(Protocol):

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .base import Messages
+from .base import PROGRESS_LOG_SECONDS, Messages
 from .cache import AugmentationCache
 from .packaged import PACKAGED_SMOLLM2, resolve_packaged_model
 
@@ -42,7 +42,6 @@ __all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "SeededRowSampler", "length_sor
 
 DEFAULT_LOCAL_MODEL = PACKAGED_SMOLLM2
 _ENGINE_VERSION = 1  # bump when a change to this file changes answers for the same request
-PROGRESS_LOG_SECONDS = 60.0  # off a terminal, long generation reports progress this often (INFO)
 
 
 class SeededRowSampler:
