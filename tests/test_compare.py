@@ -190,3 +190,14 @@ def test_grid_with_folds_scores_every_pair_once(tmp_path):
     assert cell["accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 24)
     assert cell["per_fold_accuracy"] == [folds[0]["accuracy"], folds[1]["accuracy"]]
     assert "2-fold cross-validation" in (tmp_path / "grid" / "results.md").read_text()
+
+
+def test_report_only_trains_nothing_and_lists_what_is_missing(tmp_path):
+    compare, training, model = _args(tmp_path)
+    compare.report_only = True
+    report = run_grid(compare, training, model)
+    assert report["computed"] == [] and report["cells"] == []
+    assert sorted(report["not_finished"]) == ["pairs / none / seed 1", "pairs / none / seed 2",
+                                              "pairs / uniform_half / seed 1", "pairs / uniform_half / seed 2"]
+    assert not list((tmp_path / "grid").glob("cells/*/*/seed_*/result.json"))
+    assert (tmp_path / "grid" / "results.md").is_file()

@@ -120,6 +120,10 @@ class CompareArguments:
                           "of always preferring the side most often chosen in train."})
     pku_preference: str = field(default="better", metadata={"help": "PKU-SafeRLHF: 'better' or 'safer' response."})
     save_models: bool = field(default=False, metadata={"help": "Keep each cell's trained model (disk heavy)."})
+    report_only: bool = field(
+        default=False,
+        metadata={"help": "Train nothing: write the table, JSON and plots from the cells that have finished and list "
+                          "the ones that have not (a grid still running, or one cut short)."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib)."})
 
 
@@ -418,10 +422,14 @@ def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
     if len(set(keys)) != len(keys):
         raise ValueError(f"two datasets share a folder name: {keys}. Rename one of the files.")
     cells = build_cells(datasets, args, base_args, model_args)
-    results, computed = [], []
+    results, computed, missing = [], [], []
     for number, cell in enumerate(cells, start=1):
         label = f"{cell.dataset.key} / {cell.variant} / seed {cell.seed}"
         result = load_finished(cell)
+        if result is None and args.report_only:
+            missing.append(label)
+            print(f"[compare] cell {number}/{len(cells)}: {label}: not finished, left out (--report_only)", flush=True)
+            continue
         if result is None:
             print(f"[compare] cell {number}/{len(cells)}: {label} ...", flush=True)
             result = run_cell(cell, save_model=args.save_models)
@@ -440,12 +448,14 @@ def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
     else:
         report = summarise(results, datasets, variants)
     report["computed"] = computed
+    report["not_finished"] = missing
     (root / "results.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (root / "results.md").write_text(markdown_table(report), encoding="utf-8")
     if args.plots:
         report["plots"] = write_plots(report, root)
     print(markdown_table(report))
-    print(f"[compare] {len(computed)} cells computed, {len(cells) - len(computed)} reused; results in {root}")
+    print(f"[compare] {len(computed)} cells computed, {len(cells) - len(computed) - len(missing)} reused"
+          + (f", {len(missing)} not finished (left out)" if missing else "") + f"; results in {root}")
     return report
 
 
@@ -616,6 +626,9 @@ def write_plots(report: dict[str, Any], root: Path) -> list[str]:
     for ax, key in zip(axes[0], keys):
         rows = datasets[key]["variants"]
         names = [v for v in report["variants"] if v in rows]
+        if not names:  # no finished cell for this dataset yet (--report_only)
+            ax.set_axis_off()
+            continue
         means = [rows[v]["accuracy_mean"] for v in names]
         stds = [rows[v]["accuracy_std"] or 0.0 for v in names]
         positions = np.arange(len(names))
