@@ -159,3 +159,22 @@ def test_synthetic_weight_one_keeps_trl_loss_and_rejects_bad_values(tmp_path):
     callback = MarsAugmentationCallback(MarsRewardConfig(str(tmp_path), mars_strategy="adaboost",
                                                          mars_synthetic_weight=0.5))
     assert not callback._weights_synthetic  # adds no pairs: nothing to weigh
+
+
+def test_synthetic_weight_with_a_users_own_reward_trainer(tmp_path, minilm_path):
+    """Attached to a plain RewardTrainer subclass, the synthetic rows (tokenised by the user's trainer) keep their
+    tuple through `source_index` and read slot N + i: weight 0.5, the originals 1."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    args = mars_args(tmp_path, num_train_epochs=2, mars_warmup_epochs=1, mars_synthetic_weight=0.5,
+                     eos_token="[SEP]")
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=1)
+    trainer = PlainSubclass(model, args=args, train_dataset=Dataset.from_list(tiny_rows(8)),
+                            processing_class=AutoTokenizer.from_pretrained(minilm_path))
+    MarsAugmentationCallback().attach(trainer)
+    trainer.train()
+    slots = list(trainer.train_dataset["source_index"])
+    written = [json.loads(line)["source_index"] for line in
+               (tmp_path / "mars" / "round_1" / "synthetic.jsonl").read_text().splitlines()]
+    assert slots[:8] == list(range(8)) and [s - 8 for s in slots[8:]] == written and written
+    assert trainer._mars_callback.example_weights.tolist() == [1.0] * 8 + [0.5] * 8
