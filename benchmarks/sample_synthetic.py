@@ -62,8 +62,7 @@ def main() -> None:
     print("| tuple | side rewritten | original (end) | synthetic (end) | cosine |")
     print("| --- | --- | --- | --- | --- |")
     for k, (row, side, before, after) in enumerate(sides):
-        a, b = vectors[2 * k], vectors[2 * k + 1]
-        cosine = float(a @ b / ((a @ a) ** 0.5 * (b @ b) ** 0.5))
+        cosine = float(vectors[2 * k] @ vectors[2 * k + 1])  # unit rows (the Embedder protocol): dot = cosine
         print(f"| {row['source_index']} | {side} | {_end(before, args.chars)} | {_end(after, args.chars)} | "
               f"{cosine:.2f} |")
 

@@ -343,9 +343,9 @@ def test_batches_report_progress_in_logs_when_no_bar_is_drawn(monkeypatch, caplo
     """Off a terminal tqdm draws nothing, so long generation logs done/total at INFO instead (here every batch)."""
     import logging
 
-    from trl_mars.augment import engine
+    from trl_mars.augment import base, engine
 
-    monkeypatch.setattr(engine, "PROGRESS_LOG_SECONDS", 0.0)  # the name engine reads (from augment.base)
+    monkeypatch.setattr(base, "PROGRESS_LOG_SECONDS", 0.0)
     encoded = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
     with caplog.at_level(logging.INFO, logger="trl_mars"):
         batches = list(engine.length_sorted_batches(encoded, 2, 0, "cpu", desc="paraphrase", progress=True))

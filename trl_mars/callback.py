@@ -104,7 +104,7 @@ class MarsAugmentationCallback(TrainerCallback):
         self._checked_epoch: int | None = None
         # 'adaboost': the current loss weight of each original tuple, indexed by its `source_index` value
         self.example_weights = None
-        self._synthetic_slot_offset: int | None = None
+        self._weight_slots = None  # the train set's `source_index` values, once a weighted loss is attached
         # Every figure this callback sent to the trainer's loggers, with its step. Kept here, not in
         # `state.log_history`, so Trainer's own entries keep their places (see `log_figures`).
         self.log_history: list[dict[str, Any]] = []
@@ -174,9 +174,6 @@ class MarsAugmentationCallback(TrainerCallback):
         if not isinstance(trainer.data_collator, SourceIndexCollator):
             trainer.data_collator = SourceIndexCollator(trainer.data_collator)
         self._weight_slots = torch.as_tensor(column_values(trainer.train_dataset, SOURCE_INDEX), dtype=torch.long)
-        # `mars_synthetic_weight`: synthetic rows look up their weight at slot `offset + source_index` (see `grow`)
-        self._synthetic_slot_offset = (int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0) \
-            if self._weights_synthetic else None
         self.set_example_weights(np.ones(len(self._weight_slots)))
 
     def set_example_weights(self, weights: np.ndarray) -> None:
@@ -184,7 +181,7 @@ class MarsAugmentationCallback(TrainerCallback):
         get their tuple's weight times `mars_synthetic_weight` when that is not 1."""
         import torch
 
-        size = int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0
+        size = self._slot_count
         offset = self._synthetic_slot_offset
         table = torch.zeros(size if offset is None else offset + size, dtype=torch.float32)
         values = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
@@ -382,6 +379,17 @@ class MarsAugmentationCallback(TrainerCallback):
     def _weights_synthetic(self) -> bool:
         return self.args.mars_synthetic_weight != 1.0 and self.args.adds_pairs
 
+    @property
+    def _slot_count(self) -> int:
+        return int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0
+
+    @property
+    def _synthetic_slot_offset(self) -> int | None:
+        """`mars_synthetic_weight`: synthetic rows read their loss weight at slot `offset + source_index` (`grow`)."""
+        if not self._weights_synthetic or self._weight_slots is None:
+            return None
+        return self._slot_count
+
     def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
         """r^{t-1}(x_i, y) for (tuple index i, response text y), tokenised as training tokenises (all ranks)."""
         from .tokenization import tokenize_pairs
@@ -428,8 +436,9 @@ class MarsAugmentationCallback(TrainerCallback):
             columns = [c for c in ("prompt", "chosen", "rejected", "margin", SOURCE_INDEX) if c in rows[0]]
             new = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
             new = trainer._prepare_dataset(new, trainer.processing_class, trainer.args, "synthetic")
-        if self._synthetic_slot_offset is not None:  # synthetic rows read their own loss-weight slots
-            shifted = [self._synthetic_slot_offset + int(i) for i in column_values(new, SOURCE_INDEX)]
+        offset = self._synthetic_slot_offset
+        if offset is not None:  # synthetic rows read their own loss-weight slots
+            shifted = [offset + int(i) for i in column_values(new, SOURCE_INDEX)]
             new = new.remove_columns(SOURCE_INDEX).add_column(SOURCE_INDEX, shifted)
         new = new.select_columns([c for c in trainer.train_dataset.column_names if c in new.column_names])
         if new.features != trainer.train_dataset.features:

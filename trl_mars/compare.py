@@ -501,6 +501,7 @@ def summarise(results: list[dict[str, Any]], datasets: list[GridDataset], varian
     table: dict[str, dict[str, Any]] = {}
     for dataset in datasets:
         rows = {}
+        base_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == baseline]
         for variant in variants:
             cell_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == variant]
             if not cell_results:
@@ -512,11 +513,8 @@ def summarise(results: list[dict[str, Any]], datasets: list[GridDataset], varian
                              "snr_std": snr_std, "seeds": [r["seed"] for r in cell_results],
                              "accuracy_per_seed": [r["accuracy"] for r in cell_results],
                              "wall_time_s_mean": float(np.mean([r["wall_time_s"] for r in cell_results]))}
-        base_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == baseline]
-        for variant, row in rows.items():
             if variant != baseline and base_results:
-                cell_results = [r for r in results if r["dataset"] == dataset.key and r["variant"] == variant]
-                row["vs_baseline"] = paired_difference(cell_results, base_results)
+                rows[variant]["vs_baseline"] = paired_difference(cell_results, base_results)
         table[dataset.key] = {"name": dataset.name, "n_train": len(dataset.train), "n_eval": len(dataset.evaluation),
                               "folds": dataset.fold,
                               "train_fingerprint": dataset.train_fingerprint,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .allocation import Allocation, allocate, allocation_entropy, margin_statistics, total_budget
-from .augment.base import Paraphraser, RefinementRequest, RefinementResult, Refiner
+from .augment.base import Paraphraser, RefinementRequest, RefinementResult, Refiner, paraphrase_requests
 from .augment.pool import operation_for, pool_size, sample_pairs
 from .data import prompt_text, response_text, with_response_text
 from .evidence import read_jsonl, write_json, write_jsonl  # noqa: F401  (re-exported for older imports)
@@ -259,14 +259,7 @@ def _paraphrase(inputs: RoundInputs, requests: Sequence[tuple[str, int]]) -> lis
     unique = sorted({(text, n) for text, n in requests if n > 0}, key=lambda r: (r[1], r[0]))
 
     def generate(shard: list[tuple[str, int]]) -> list[list[str]]:
-        by_n: dict[int, list[int]] = defaultdict(list)
-        for position, (_, n) in enumerate(shard):
-            by_n[n].append(position)
-        out: list[list[str]] = [[] for _ in shard]
-        for n, positions in sorted(by_n.items()):  # the protocol takes one n per call
-            for position, texts in zip(positions, inputs.paraphraser.paraphrase([shard[p][0] for p in positions], n)):
-                out[position] = list(texts)[:n]
-        return out
+        return paraphrase_requests(inputs.paraphraser, shard)
 
     answers = dict(zip(unique, inputs.generate_map(generate, unique)))
     return [answers.get((text, n), []) if n > 0 else [] for text, n in requests]

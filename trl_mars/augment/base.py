@@ -7,6 +7,8 @@ swapped without touching the training code.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -16,6 +18,24 @@ import numpy as np
 # Off a terminal (logs, nohup, a cluster's job output) tqdm draws nothing, so long generation reports its progress
 # at INFO this often instead.
 PROGRESS_LOG_SECONDS = 60.0
+logger = logging.getLogger("trl_mars")
+
+
+class ProgressLine:
+    """`update(done)` logs "<desc>: done/total <unit>, rate/s, about N min left" at INFO, at most once every
+    `PROGRESS_LOG_SECONDS` and never for the last item (the caller reports the end)."""
+
+    def __init__(self, desc: str, total: int, unit: str):
+        self.desc, self.total, self.unit = desc, total, unit
+        self.started = self.last_report = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if done < self.total and now - self.last_report >= PROGRESS_LOG_SECONDS:
+            rate = done / max(now - self.started, 1e-9)
+            logger.info("%s: %d/%d %s, %.2f/s, about %.0f min left", self.desc, done, self.total, self.unit, rate,
+                        (self.total - done) / rate / 60)
+            self.last_report = now
 
 
 @runtime_checkable
@@ -38,6 +58,19 @@ class Paraphraser(Protocol):
         shortfall instead of failing.
         """
         ...
+
+
+def paraphrase_requests(paraphraser: Paraphraser, requests: Sequence[tuple[str, int]]) -> list[list[str]]:
+    """At most n variants for each (text, n) request, in request order. The protocol takes one n per call, so
+    requests are asked in groups of equal n, smallest n first."""
+    by_n: dict[int, list[int]] = {}
+    for position, (_, n) in enumerate(requests):
+        by_n.setdefault(n, []).append(position)
+    out: list[list[str]] = [[] for _ in requests]
+    for n, positions in sorted(by_n.items()):
+        for position, texts in zip(positions, paraphraser.paraphrase([requests[p][0] for p in positions], n)):
+            out[position] = list(texts)[:n]
+    return out
 
 
 @runtime_checkable

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from .base import PROGRESS_LOG_SECONDS, Messages
+from .base import Messages, ProgressLine
 from .cache import AugmentationCache
 from .packaged import PACKAGED_SMOLLM2, resolve_packaged_model
 
@@ -305,7 +304,7 @@ def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad
     import torch
 
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    started = last_report = time.monotonic()
+    line = ProgressLine(desc, len(order), "inputs")
     with tqdm(total=len(order), desc=desc, unit="input", leave=False, disable=not progress or None) as bar:
         for start in range(0, len(order), batch_size):
             positions = order[start : start + batch_size]
@@ -318,13 +317,8 @@ def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad
                 mask[row, span] = 1
             yield positions, ids.to(device), mask.to(device)
             bar.update(len(positions))
-            done, now = min(start + batch_size, len(order)), time.monotonic()
-            # tqdm draws nothing off a terminal (logs, nohup, a cluster's job output): a line a minute instead
-            if progress and bar.disable and done < len(order) and now - last_report >= PROGRESS_LOG_SECONDS:
-                rate = done / max(now - started, 1e-9)
-                logger.info("%s: %d/%d inputs, %.2f/s, about %.0f min left", desc, done, len(order), rate,
-                            (len(order) - done) / rate / 60)
-                last_report = now
+            if progress and bar.disable:  # tqdm draws nothing off a terminal: a line a minute instead
+                line.update(min(start + batch_size, len(order)))
 
 
 def _ready_tokenizer(tokenizer):

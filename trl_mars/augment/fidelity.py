@@ -13,13 +13,12 @@ near-copies, plus the generator's own counters (answers generated and replayed f
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .base import Embedder, Paraphraser
+from .base import Embedder, Paraphraser, paraphrase_requests
 
 __all__ = ["MAX_SAMPLES_PER_VARIANT", "FidelityFilter", "similarity_verdicts"]
 
@@ -73,15 +72,13 @@ class FidelityFilter:
         limit = MAX_SAMPLES_PER_VARIANT * n
         pending = list(range(len(texts)))
         while pending:
-            by_total: dict[int, list[int]] = defaultdict(list)
-            for i in pending:
-                by_total[min(limit, asked[i] + n - len(out[i]))].append(i)
+            totals = [min(limit, asked[i] + n - len(out[i])) for i in pending]
             fresh: list[tuple[int, str]] = []
-            for total, members in sorted(by_total.items()):  # the protocol takes one n per call
-                for i, variants in zip(members, self.inner.paraphrase([texts[i] for i in members], total)):
-                    fresh.extend((i, v) for v in variants if v not in seen[i])
-                    seen[i].update(variants)
-                    asked[i] = total
+            for i, total, variants in zip(pending, totals, paraphrase_requests(
+                    self.inner, [(texts[i], total) for i, total in zip(pending, totals)])):
+                fresh.extend((i, v) for v in variants if v not in seen[i])
+                seen[i].update(variants)
+                asked[i] = total
             for i, text in self._judge(texts, fresh):
                 out[i].append(text)
             pending = [i for i in pending if len(out[i]) < n and asked[i] < limit]

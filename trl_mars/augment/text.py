@@ -13,22 +13,17 @@ applied after the cache so that its thresholds can change without generating aga
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from . import base
-from .base import Embedder, PreferenceCheck, RefinementRequest, TextGenerator
+from .base import Embedder, PreferenceCheck, ProgressLine, RefinementRequest, TextGenerator
 from .chat import ChatJudge
 from .refiner import ChatRefiner, HarmCheck
 from .seq2seq import filter_paraphrases
 from .templates import Messages, load_template
-
-logger = logging.getLogger("trl_mars")
 
 __all__ = ["TextJudge", "TextParaphraser", "TextRefiner", "clean_answer"]
 
@@ -116,18 +111,15 @@ class TextParaphraser:
         groups: dict[int, list[int]] = {}
         for i, text in enumerate(texts):
             groups.setdefault(self.token_budget(text), []).append(i)
-        started = last_report = time.monotonic()
+        line = ProgressLine(f"paraphrase [{self.name}]", len(texts), f"texts (n={n})")
         done = 0
         for budget, members in sorted(groups.items()):
             out = self.generator.generate([self.template.render(text=texts[i]) for i in members], samples=n,
                                           temperature=self.temperature, max_new_tokens=budget)
             for i, answer in zip(members, out):
                 answers[i] = answer
-            done, now = done + len(members), time.monotonic()
-            if done < len(texts) and now - last_report >= base.PROGRESS_LOG_SECONDS:
-                logger.info("paraphrase [%s]: %d/%d texts (n=%d), %.2f texts/s", self.name, done, len(texts), n,
-                            done / (now - started))
-                last_report = now
+            done += len(members)
+            line.update(done)
         return answers
 
     def paraphrase(self, texts: Sequence[str], n: int) -> list[list[str]]:
