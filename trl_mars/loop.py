@@ -10,16 +10,20 @@ each small, each checked at run time by `MarsAugmentationCallback` (rounds that 
 - `_init_training_state`: a resumed run lands in the right epoch and step of epochs of different lengths;
 - `_run_epoch`: the epoch runs on a dataloader rebuilt from the grown dataset, with its own step counts, and the
   LR schedule is re-planned when a round added fewer pairs than planned;
+- `_get_train_sampler`: with `mars_epoch_size="original"`, each epoch draws N pairs from the grown dataset;
 - `train` (public): rebuilds the rounds of a checkpoint before Trainer sizes the run, and checks the plan after.
 
 Rounds themselves run in `MarsAugmentationCallback.on_epoch_begin`, a public callback event.
 
-These private hooks exist with these signatures in transformers 5.3 up to at least 5.24 (5.0-5.2 had one monolithic
-`_inner_training_loop`); outside `SUPPORTED_TRANSFORMERS` importing this module fails with a message.
+`PRIVATE_HOOKS` lists every Trainer internal the package overrides (these and
+`adaboost.WeightedLossMixin._set_signature_columns_if_needed`) with the parameters we rely on. They exist with these
+signatures in transformers 5.3 up to at least 5.24 (5.0-5.2 had one monolithic `_inner_training_loop`); importing
+this module fails with a message outside `SUPPORTED_TRANSFORMERS` or when a hook lost a parameter.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 
@@ -32,6 +36,23 @@ from transformers.trainer_utils import get_last_checkpoint
 logger = logging.getLogger("trl_mars")
 
 SUPPORTED_TRANSFORMERS = ("5.3.0", "6.0.0")  # [min, max): keep in step with pyproject.toml
+TESTED_TRANSFORMERS_UP_TO = "5.24"  # the newest release the hooks below were checked against
+
+# Every `transformers.Trainer` internal that trl-mars overrides -> the parameters it relies on, like a signature
+# without `self`: the names before "*" lead the parameter list in this order (we pass them positionally to
+# `super()`), the names after it must exist (we pass or read them by keyword). Checked at import by
+# `check_trainer_hooks`; tests/test_private_hooks.py checks that the list covers every override.
+PRIVATE_HOOKS: dict[str, tuple[str, ...]] = {
+    # GrowingDatasetLoop
+    "set_initial_training_values": ("args", "dataloader"),
+    "_init_training_state": ("max_steps", "num_update_steps_per_epoch", "num_train_epochs", "resume_from_checkpoint",
+                             "trial"),
+    "_run_epoch": ("model", "epoch", "train_dataloader", "steps_in_epoch", "num_update_steps_per_epoch", "*",
+                   "resume_from_checkpoint", "epochs_trained", "steps_trained_in_current_epoch"),
+    "_get_train_sampler": ("train_dataset",),
+    # adaboost.WeightedLossMixin
+    "_set_signature_columns_if_needed": (),
+}
 
 
 def check_transformers_version(version: str | None = None) -> None:
@@ -39,13 +60,44 @@ def check_transformers_version(version: str | None = None) -> None:
     found = Version(version or transformers.__version__)
     low, high = (Version(v) for v in SUPPORTED_TRANSFORMERS)
     if not low <= Version(found.base_version) < high:  # base_version: 5.30.0.dev0 counts as 5.30.0
+        hooks = ", ".join(f"`{name}`" for name in PRIVATE_HOOKS)
         raise ImportError(
-            f"trl-mars needs transformers>={low},<{high} (found {found}): MARS rounds hook into Trainer's epoch loop "
-            f"(`_run_epoch`, `_init_training_state`, `set_initial_training_values`), which has this shape only in "
-            f"that range. Install a supported version, e.g. `pip install 'transformers>={low},<{high}'`.")
+            f"trl-mars needs transformers>={low},<{high} (found {found}): MARS rounds hook into Trainer's internals "
+            f"({hooks}), which have this shape only in that range. Install a supported version, e.g. "
+            f"`pip install 'transformers>={low},<{high}'`.")
+
+
+def _hook_mismatch(trainer_class: type, name: str, expected: tuple[str, ...]) -> str | None:
+    """What is wrong with `trainer_class.<name>` for `expected` (see `PRIVATE_HOOKS`), or None when it fits."""
+    hook = getattr(trainer_class, name, None)
+    if not callable(hook):
+        return "is missing"
+    parameters = list(inspect.signature(hook).parameters)[1:]  # without self
+    split = expected.index("*") if "*" in expected else len(expected)
+    leading, by_keyword = expected[:split], expected[split + 1:]
+    if tuple(parameters[:len(leading)]) != leading:
+        return f"should start with the parameters ({', '.join(leading)}) but has ({', '.join(parameters)})"
+    missing = [p for p in by_keyword if p not in parameters]
+    if missing:
+        return f"has no parameter {', '.join(missing)} (it has {', '.join(parameters)})"
+    return None
+
+
+def check_trainer_hooks(trainer_class: type = Trainer, version: str | None = None) -> None:
+    """Raises ImportError when `trainer_class` lacks a `PRIVATE_HOOKS` hook or a parameter the overrides rely on."""
+    for name, expected in PRIVATE_HOOKS.items():
+        problem = _hook_mismatch(trainer_class, name, expected)
+        if problem is not None:
+            low, high = SUPPORTED_TRANSFORMERS
+            raise ImportError(
+                f"`transformers.Trainer.{name}` {problem}: trl-mars overrides this internal and supports "
+                f"transformers>={low},<{high} only while it keeps this shape (found transformers "
+                f"{version or transformers.__version__}; tested up to {TESTED_TRANSFORMERS_UP_TO}). Install a version "
+                f"whose Trainer still has it, e.g. `pip install 'transformers=={TESTED_TRANSFORMERS_UP_TO}.*'`.")
 
 
 check_transformers_version()
+check_trainer_hooks()
 
 
 class GrowingDatasetLoop:
