@@ -1,4 +1,7 @@
-"""`MarsRewardConfig`: `trl.RewardConfig` plus every MARS knob, documented and validated up front."""
+"""`MarsRewardConfig`: `trl.RewardConfig` plus every MARS knob, documented and validated up front.
+
+The first module of the package that needs TRL, so it checks TRL's version (`SUPPORTED_TRL`) before using it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,26 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from trl import RewardConfig
+import trl
+from packaging.version import Version
+
+SUPPORTED_TRL = ("1.0.0", "2.0.0")  # [min, max): keep in step with pyproject.toml
+
+
+def check_trl_version(version: str | None = None) -> None:
+    """Raises ImportError outside the TRL range whose `RewardTrainer` and `RewardConfig` trl-mars extends."""
+    found = Version(version or trl.__version__)
+    low, high = (Version(v) for v in SUPPORTED_TRL)
+    if not low <= Version(found.base_version) < high:  # base_version: 1.20.0.dev0 counts as 1.20.0
+        raise ImportError(
+            f"trl-mars needs trl>={low},<{high} (found {found}): it subclasses TRL's RewardTrainer and RewardConfig "
+            f"and relies on their data preparation, which have this shape only in that range. Install a supported "
+            f"version, e.g. `pip install 'trl>={low},<{high}'`.")
+
+
+check_trl_version()
+
+from trl import RewardConfig  # noqa: E402  (after the version check: an older TRL fails with the fix, not here)
 
 # Strategies the trainer knows. A name added here before it is built goes into `_PLANNED`, so it fails at
 # configuration time with a clear message instead of half-running.
