@@ -10,6 +10,7 @@ How the weights reach the loss, given that TRL drops every column its signature 
 keeps only the token ids (and `margin`): the weights live on the callback, indexed by the tuple, and each batch
 carries its rows' `source_index` (added to the signature columns and carried by `SourceIndexCollator`), which
 `WeightedLossMixin.compute_loss` turns into weights. Weights change every round without rebuilding the dataset.
+The same weighted loss also serves `mars_weight_originals` and `mars_synthetic_weight` (see `MarsAugmentationCallback`).
 
 Our choices: the batch loss is the mean of w_i * loss_i (not divided by the batch's weight sum, which would cancel
 the weights in a batch of one and make the objective depend on how batches fall); weights apply to training
@@ -91,8 +92,10 @@ class WeightedLossMixin:
 
     TRL's `RewardTrainer` overrides `compute_loss` itself; this override adds the weights and nothing else: TRL's
     own `compute_loss` runs the forward pass and records its metrics (accuracy, margin, rewards, tokens), and the
-    loss returned is recomputed from the same logits with the weights. Without weights (any strategy but
-    'adaboost', or evaluation) it is TRL's `compute_loss` unchanged.
+    loss returned is recomputed from the same logits with the weights. The callback attaches weights for
+    `mars_strategy="adaboost"`, for `mars_weight_originals` and for a `mars_synthetic_weight` other than 1; without
+    weights (any other configuration) and in evaluation it is TRL's `compute_loss` unchanged. With weights, every
+    training batch must carry `source_index`, or training stops with an error instead of silently going unweighted.
     """
 
     _mars_callback = None
@@ -107,12 +110,19 @@ class WeightedLossMixin:
         return None if callback is None else getattr(callback, "example_weights", None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss, weighted per pair by the current AdaBoost weights in training (see the class docstring)."""
+        """TRL's loss, weighted per pair by the callback's current weights in training (see the class docstring)."""
         indices = inputs.pop(SOURCE_INDEX, None)
         weights = self._mars_example_weights()
-        if indices is None or weights is None or not model.training:
+        if weights is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
+        if indices is None:
+            raise ValueError(
+                f"A weighted loss is attached but this training batch has no `{SOURCE_INDEX}`, so its pairs' weights "
+                f"cannot be looked up (weights come from mars_strategy='adaboost', mars_weight_originals or "
+                f"mars_synthetic_weight != 1). The data collator or the dataset dropped the column: keep "
+                f"`{SOURCE_INDEX}` in the train dataset and wrap a custom collator in "
+                f"`trl_mars.adaboost.SourceIndexCollator`, which adds it to each batch.")
         _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
         batch_weights = weights.to(rewards_chosen.device)[indices.to(rewards_chosen.device)]
