@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PACKAGED_MINILM
 from .model_source import check_model_source, resolve_packaged_model
+from .packaged import PACKAGED_MINILM
 
 __all__ = ["SentenceTransformerEmbedder", "check_embedding_model", "resolve_embedding_model", "unit_rows"]
 

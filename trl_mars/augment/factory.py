@@ -1,14 +1,21 @@
-"""Builds the back-ends a `MarsRewardConfig` names. The only place that maps config names to classes."""
+"""Builds the back-ends a `MarsRewardConfig` names. The only place that maps config names to classes.
+
+`trl_mars.config` (which imports TRL) is imported only for type checking and by the one branch that needs a
+default from it, so the back-ends load without TRL.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
-from ..config import DEFAULT_SEQ2SEQ_PARAPHRASER, MarsRewardConfig
 from .base import Embedder, Paraphraser, PreferenceCheck, Refiner, TextGenerator
 from .cache import AugmentationCache
 from .cached import CachedParaphraser
+
+if TYPE_CHECKING:
+    from ..config import MarsRewardConfig
 
 
 def cache_dir(args: MarsRewardConfig) -> str:
@@ -96,6 +103,7 @@ def _cached_paraphraser(args: MarsRewardConfig, cache: AugmentationCache) -> Par
 
         inner: Paraphraser = LexicalParaphraser(seed=args.effective_mars_seed)
     elif args.mars_paraphraser == "seq2seq":
+        from ..config import DEFAULT_SEQ2SEQ_PARAPHRASER
         from .seq2seq import Seq2SeqParaphraser
 
         inner = Seq2SeqParaphraser(
