@@ -297,8 +297,10 @@ class MarsRewardConfig(RewardConfig):
     )
     mars_max_new_tokens: int = field(
         default=192,
-        metadata={"help": "Cap on generated tokens per paraphrase or rewrite of the 'seq2seq' and 'local' back-ends, "
-                  "the chat back-ends in text mode, and West-of-N candidates. Paper: 192."},
+        metadata={"help": "Cap on generated tokens per text for the back-ends that generate plain text: 'seq2seq' "
+                  "and 'local' paraphrases, 'local' rewrites, paraphrases and rewrites of 'chat' with "
+                  "mars_chat_answer_format=text, and West-of-N 'causal_lm' candidates. The chat back-ends in JSON "
+                  "mode (paraphraser, refiner, judge, West-of-N 'chat') never receive it. Paper: 192."},
     )
     mars_temperature: float = field(
         default=0.5,
@@ -350,9 +352,9 @@ class MarsRewardConfig(RewardConfig):
         default="judge",
         metadata={
             "help": "How a rewrite is checked to keep the preference: 'judge' (the refiner's model as a judge; "
-            "a judge without an answer rejects the rewrite as 'failed') or 'reward_model' (the model being trained "
-            "must still prefer the chosen side, as in the paper; unreliable in round 1, where its head is untrained "
-            "and its verdicts are coin flips).",
+            "a judge without an answer rejects the rewrite as 'failed') or 'reward_model' (the model being trained, "
+            "r^{t-1}, must still prefer the chosen side; the paper names no checker, so both are our choice; "
+            "unreliable in round 1, where its head is untrained and its verdicts are coin flips).",
             "choices": list(LABEL_CHECKS),
         },
     )

@@ -8,7 +8,8 @@ How it fits into `transformers.Trainer`:
   epoch's dataloader and step counts, the run's total steps, resuming into epochs of different lengths); the callback
   checks that the rounds and steps that ran match the plan.
 - `trl_mars.adaboost.WeightedLossMixin` overrides `compute_loss` (as TRL's RewardTrainer itself does) to weight
-  each pair's loss for `mars_strategy="adaboost"`; for every other strategy it is TRL's loss unchanged.
+  each pair's loss whenever the callback attaches weights: `mars_strategy="adaboost"`, `mars_weight_originals` or
+  a `mars_synthetic_weight` other than 1; otherwise it is TRL's loss unchanged.
 - This class adds what is specific to the data: validation before the model loads, encoder tokenizers without an
   EOS token and keep-the-end truncation in `_prepare_dataset` (TRL crashes on the former and drops long examples),
   and tokenising a round's synthetic pairs once per distinct text (`trl_mars.tokenization`).

@@ -139,8 +139,9 @@ def build_refiner(
     harm check: the chat refiner, or the same algorithm on plain-text answers for 'local' and chat in text mode.
 
     A judge that gives no answer reports None, which the refiner counts as "failed" (never as a flipped label or a
-    harmful text). The reward-model check is the paper's r^{t-1}; in round 1 its head is untrained, so its verdicts
-    are coin flips there, which is why 'judge' is the default.
+    harmful text). The reward-model check asks the model being trained (r^{t-1}); the paper names no checker, so
+    either is our choice. In round 1 that model's head is untrained and its verdicts are coin flips, which is why
+    'judge' is the default.
     """
     if args.mars_refiner == "none":
         return None
