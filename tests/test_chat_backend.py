@@ -64,15 +64,16 @@ def test_fingerprint_has_model_template_and_no_secrets(openai_server):
     assert TEST_KEY_ENV in repr(client)
 
 
-def test_from_config_maps_the_chat_fields(openai_server):
+def test_build_chat_client_maps_the_chat_fields(openai_server):
+    from trl_mars.augment.factory import build_chat_client
+
     config = SimpleNamespace(
         mars_chat_base_url=openai_server.base_url, mars_chat_api_key_env=TEST_KEY_ENV, mars_chat_timeout=3.0,
-        mars_chat_max_retries=1, mars_chat_max_concurrency=2, mars_chat_model="fake-model",
+        mars_chat_max_retries=1, mars_chat_max_concurrency=2, mars_chat_model="fake-model", mars_chat_extra_body=None,
     )
-    client = ChatClient.from_config(config, backoff_base=0.01)
+    client = build_chat_client(config, config.mars_chat_model)  # checks the connection itself
     assert (client.model, client.timeout, client.max_retries, client.max_concurrency) == ("fake-model", 3.0, 1, 2)
-    assert ChatClient.from_config(config, model="gpt-4.1").model == "gpt-4.1"
-    client.check_connection()
+    assert build_chat_client(config, "gpt-4.1").model == "gpt-4.1"
 
 
 def test_requests_run_concurrently(openai_server):

@@ -330,9 +330,9 @@ def build_cells(datasets: list[GridDataset], args: CompareArguments, base_args, 
 
 
 def _resolve_model(name: str | None) -> str:
-    from .recipe import resolve_model_name
+    from .preflight import as_model_id
 
-    return resolve_model_name(name or PACKAGED_MINILM)
+    return as_model_id(name or PACKAGED_MINILM)
 
 
 def _round_summaries(directory: Path) -> list[dict[str, Any]]:

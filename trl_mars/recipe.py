@@ -1,5 +1,5 @@
 """The reward-model recipe as importable code: script arguments, the offline defaults, `build_trainer()` and
-`train_and_save()` (`run()` does both).
+`train_and_save()`.
 
 `recipes/mars_rm.py` only parses arguments (YAML config + CLI, the TRL way, with `trl_mars.cli.MarsParser`) and
 calls these, so everything a recipe does can be imported and reused from `trl_mars`.
@@ -71,11 +71,6 @@ class MarsScriptArguments(ScriptArguments):
     )
 
 
-def resolve_model_name(name: str | os.PathLike) -> str:
-    """Maps the packaged MiniLM alias to its folder and a path to `str`; Hub ids pass through."""
-    return as_model_id(name)
-
-
 def build_trainer(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model_args: ModelConfig):
     """Loads the data and builds `MarsRewardTrainer`: everything that can fail on bad input happens here."""
     from .trainer import MarsRewardTrainer
@@ -96,7 +91,7 @@ def build_trainer(script_args: MarsScriptArguments, training_args: MarsRewardCon
         eval_fraction=script_args.eval_fraction,
         max_train_samples=script_args.max_train_samples,
     )
-    model_name = resolve_model_name(model_args.model_name_or_path)
+    model_name = as_model_id(model_args.model_name_or_path)
     model_init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     if model_args.attn_implementation is not None:
         model_init_kwargs["attn_implementation"] = model_args.attn_implementation
@@ -123,8 +118,3 @@ def train_and_save(trainer, training_args: MarsRewardConfig):
             print(f"[MARS] round evidence: {os.path.join(output, 'mars')} (summary.json, round_<t>/allocation.jsonl, "
                   "round_<t>/synthetic.jsonl)")
     return trainer
-
-
-def run(script_args: MarsScriptArguments, training_args: MarsRewardConfig, model_args: ModelConfig):
-    """Loads data and model, trains with `MarsRewardTrainer`, saves, and prints where everything is."""
-    return train_and_save(build_trainer(script_args, training_args, model_args), training_args)

@@ -259,19 +259,6 @@ class ChatClient:
         # True: send JSON schemas; False: JSON mode. A refusal recorded in the cache by an earlier run counts.
         self.use_json_schema = structured_output == "auto" and self._recorded_schema_support() is not False
 
-    @classmethod
-    def from_config(cls, config: Any, model: str | None = None, **overrides: Any) -> ChatClient:
-        """Builds a client from a `MarsRewardConfig` (`mars_chat_*` fields); `model` overrides `mars_chat_model`."""
-        kwargs: dict[str, Any] = dict(
-            base_url=config.mars_chat_base_url,
-            api_key_env=config.mars_chat_api_key_env,
-            timeout=config.mars_chat_timeout,
-            max_retries=config.mars_chat_max_retries,
-            max_concurrency=config.mars_chat_max_concurrency,
-        )
-        kwargs.update(overrides)
-        return cls(model or config.mars_chat_model, **kwargs)
-
     def __repr__(self) -> str:
         return f"ChatClient(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
 
