@@ -14,6 +14,7 @@ from typing import Any
 
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
+from .cli import configure_logging
 from .config import PACKAGED_MINILM, MarsRewardConfig
 from .console import cpu_threads
 from .data import EMBEDDED_DATASET, load_preference_splits
@@ -22,15 +23,19 @@ from .preflight import as_model_id
 logger = logging.getLogger("trl_mars")
 
 # What `accelerate launch recipes/mars_rm.py` runs with no arguments: fully offline, on 2 CPU cores in minutes.
-# YAML (--config) and CLI flags override each of these.
+# YAML (--config) and CLI flags override each of these. recipes/minilm/mars/config_embedded.yaml spells out the same
+# settings (tests/test_embedded_defaults.py keeps the two equal); some repeat the library default on purpose.
 EMBEDDED_DEFAULTS: dict[str, Any] = {
     "model_name_or_path": PACKAGED_MINILM,
     "dataset_name": EMBEDDED_DATASET,
     "output_dir": "outputs/mars-rm-minilm-embedded",
     "mars_strategy": "mars",
+    "mars_tau": 0.5,
+    "mars_margin_mode": "signed",
     "mars_paraphraser": "lexical",
     "mars_embedding_model": PACKAGED_MINILM,
     "mars_budget_ratio": 1.0,
+    "mars_refiner": "none",  # refinement needs an LLM
     "num_train_epochs": 2,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 64,
@@ -75,8 +80,7 @@ def build_trainer(script_args: MarsScriptArguments, training_args: MarsRewardCon
     """Loads the data and builds `MarsRewardTrainer`: everything that can fail on bad input happens here."""
     from .trainer import MarsRewardTrainer
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logging.getLogger("trl_mars").setLevel(logging.INFO)
+    configure_logging(logging.INFO, trl_mars_level=logging.INFO)
     if script_args.dataset_name is None:
         raise ValueError("--dataset_name is required (a Hub id, a .jsonl file, or 'embedded').")
     if training_args.device.type == "cpu":
