@@ -14,12 +14,12 @@ import logging
 from trl import ModelConfig, TrlParser
 
 from trl_mars import MarsRewardConfig
+from trl_mars.cli import configure_logging
 from trl_mars.compare import COMPARE_DEFAULTS, CompareArguments, run_grid
 
 if __name__ == "__main__":
     # trl-mars's INFO lines (round progress, the local engine's progress off a terminal), as recipes/mars_rm.py
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("trl_mars").setLevel(logging.INFO)
+    configure_logging(logging.WARNING, trl_mars_level=logging.INFO)
     parser = TrlParser((CompareArguments, MarsRewardConfig, ModelConfig))
     parser.set_defaults_with_config(**COMPARE_DEFAULTS)
     compare_args, training_args, model_args = parser.parse_args_and_config()

@@ -397,12 +397,14 @@ def main(argv: list[str] | None = None):
     """Parses YAML + CLI for the chosen route, trains, saves the (LoRA) policy; what the recipe runs."""
     from trl import ModelConfig, TrlParser
 
+    from .cli import configure_logging
+
     argv = sys.argv[1:] if argv is None else argv
     trainer_kind = requested_trainer(argv)
     parser = TrlParser((AlignScriptArguments, config_class(trainer_kind), ModelConfig))
     parser.set_defaults_with_config(**route_defaults(trainer_kind))
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging(logging.INFO)
     trainer = build_trainer(script_args, training_args, model_args)
     if script_args.trainer == "ppo":  # TRL's PPOTrainer has its own loop: train() takes no arguments
         trainer.train()

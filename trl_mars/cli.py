@@ -5,12 +5,14 @@
   the long tail of `TrainingArguments` / `RewardConfig`. Each default the recipe changes shows both values.
 - `exit_on_setup_error` turns the errors a user can fix (configuration, data, models) into one message on stderr
   and exit status 2, without a traceback. Set `TRL_MARS_TRACEBACK=1` to see the traceback anyway.
+- `configure_logging` is the one logging set-up of the recipes and command-line entry points.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -32,6 +34,17 @@ _GROUP_TITLES = {
     "ModelConfig": "Model (trl.ModelConfig)",
 }
 _TAIL_TITLE = "Training (transformers.TrainingArguments and trl.RewardConfig)"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(root_level: int = logging.INFO, *, trl_mars_level: int | None = None) -> None:
+    """Timestamped log lines on stderr at `root_level`; `trl_mars_level`, when given, sets trl-mars's own logger
+    apart (e.g. its round progress at INFO under a WARNING root that keeps other libraries quiet).
+
+    Like `logging.basicConfig`, it changes nothing when the root logger already has handlers."""
+    logging.basicConfig(format=LOG_FORMAT, level=root_level)
+    if trl_mars_level is not None:
+        logging.getLogger("trl_mars").setLevel(trl_mars_level)
 
 
 class MarsParser(TrlParser):
