@@ -20,7 +20,6 @@ over the sections present; the official leaderboard's "Prior Sets" section is no
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -166,28 +165,6 @@ def write_report(report: Mapping[str, Any], path: str | Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class SingleProcessScorer:
-    """What `score_margins` needs from an accelerator, for scoring in one process on one device."""
-
-    num_processes = 1
-    process_index = 0
-    is_local_main_process = True
-
-    def __init__(self, device: Any = None, autocast_dtype: Any = None):
-        import torch
-
-        self.device = torch.device(device) if device is not None else (
-            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-        self._autocast_dtype = autocast_dtype
-
-    def autocast(self):
-        if self._autocast_dtype is None:
-            return contextlib.nullcontext()
-        import torch
-
-        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
-
-
 def encode_pairs(dataset, tokenizer, max_length: int | None) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of every pair, encoded as `MarsRewardTrainer` encodes training pairs.
 
@@ -214,10 +191,11 @@ def encode_pairs(dataset, tokenizer, max_length: int | None) -> tuple[list[list[
 def score_pairs(model, tokenizer, dataset, *, max_length: int | None, batch_size: int = 64,
                 accelerator=None) -> np.ndarray:
     """Margins r(x, y+) - r(x, y-) of every pair in `dataset` (text columns prompt/chosen/rejected)."""
+    from .scoring import LocalAccelerator, score_margins
+
     chosen, rejected = encode_pairs(dataset, tokenizer, max_length)
     if accelerator is None:
-        accelerator = SingleProcessScorer(next(model.parameters()).device)
-    from .scoring import score_margins
+        accelerator = LocalAccelerator(next(model.parameters()).device, show_progress=True)
 
     margins, _ = score_margins(model, chosen, rejected, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
                                accelerator=accelerator, desc="Scoring evaluation pairs")
@@ -265,6 +243,16 @@ def load_reward_model(path: str, *, device: Any = None, dtype: Any = None):
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tokenizer
+
+
+def __getattr__(name: str):
+    # This module's single-process accelerator is `scoring.LocalAccelerator` now; the old name still resolves, lazily,
+    # so that importing the metrics does not import torch.
+    if name == "SingleProcessScorer":
+        from .scoring import LocalAccelerator
+
+        return LocalAccelerator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

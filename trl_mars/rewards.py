@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .data import render_messages, response_text, tokenize_pair, truncate_keep_end
-from .scoring import score_sequences
+from .scoring import LocalAccelerator, score_sequences
 
 logger = logging.getLogger(__name__)
 
@@ -128,21 +128,6 @@ def default_max_length(model, tokenizer) -> int | None:
     return min(limits) if limits else None
 
 
-class _LocalScoringView:
-    """What `score_sequences` needs from an accelerator, for scoring on this process alone."""
-
-    num_processes = 1
-    process_index = 0
-    is_local_main_process = False  # no progress bar inside every training step
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    @staticmethod
-    def autocast():
-        return contextlib.nullcontext()
-
-
 class MarsRewardFunction:
     """Scores (prompt, completion) pairs with a reward model trained by `MarsRewardTrainer`; a TRL reward function.
 
@@ -233,7 +218,7 @@ class MarsRewardFunction:
             return np.zeros(0)
         sequences = [self.encode(p, c) for p, c in zip(prompts, completions)]
         return score_sequences(self.model, sequences, pad_token_id=self.tokenizer.pad_token_id,
-                               batch_size=self.batch_size, accelerator=_LocalScoringView(self.device),
+                               batch_size=self.batch_size, accelerator=LocalAccelerator(self.device),
                                desc="Scoring completions")
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs: Any) -> list[float]:

@@ -1,0 +1,49 @@
+"""One copy of each shared piece: the model loader, the single-process accelerator and the data-source dispatch
+serve every caller, so what one caller checks, all do."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from trl_mars import evaluation
+from trl_mars.scoring import LocalAccelerator
+
+
+def test_the_old_name_is_the_one_accelerator():
+    assert evaluation.SingleProcessScorer is LocalAccelerator
+
+
+def test_local_accelerator_scores_alone():
+    quiet = LocalAccelerator(torch.device("cpu"))
+    assert (quiet.num_processes, quiet.process_index, quiet.is_local_main_process) == (1, 0, False)
+    assert quiet.device == torch.device("cpu")
+    with quiet.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    with LocalAccelerator("cpu", autocast=torch.bfloat16, show_progress=True).autocast():
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_local_accelerator_view_of_a_real_one():
+    entered = []
+
+    class Real:
+        device = torch.device("cpu")
+        is_local_main_process = True
+        num_processes = 4
+        process_index = 2
+
+        @staticmethod
+        @contextlib.contextmanager
+        def autocast():
+            entered.append(True)
+            yield
+
+    view = LocalAccelerator.view_of(Real())
+    assert (view.device, view.is_local_main_process) == (Real.device, True)
+    assert (view.num_processes, view.process_index) == (1, 0)  # this rank's work only
+    with view.autocast():
+        pass
+    assert entered == [True]
