@@ -4,16 +4,39 @@ serve every caller, so what one caller checks, all do."""
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
 
-from trl_mars import evaluation
+from trl_mars import evaluation, modeling, rewards, winrate
 from trl_mars.scoring import LocalAccelerator
 
 
 def test_the_old_name_is_the_one_accelerator():
     assert evaluation.SingleProcessScorer is LocalAccelerator
+
+
+def test_every_caller_loads_with_the_one_loader():
+    assert rewards.load_reward_model is modeling.load_reward_model
+    assert evaluation.load_reward_model is modeling.load_reward_model
+    assert winrate.load_policy is modeling.load_causal_lm
+
+
+@pytest.fixture()
+def headless_adapter(tmp_path, minilm_path):
+    """A LoRA adapter folder saved as a causal-LM adapter: no reward head inside."""
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"task_type": "CAUSAL_LM", "base_model_name_or_path": minilm_path, "peft_type": "LORA"}))
+    return str(tmp_path)
+
+
+def test_reward_function_refuses_an_adapter_without_its_head(headless_adapter):
+    """It used to score such an adapter with a freshly random head."""
+    with pytest.raises(ValueError, match="lora_task_type SEQ_CLS"):
+        rewards.MarsRewardFunction(headless_adapter, device="cpu")
+    with pytest.raises(ValueError, match="reward head was never saved"):
+        rewards.load_reward_model(headless_adapter, device="cpu")
 
 
 def test_local_accelerator_scores_alone():

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .modeling import load_causal_lm as load_policy
+
 logger = logging.getLogger(__name__)
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -197,38 +199,6 @@ def format_table(summary: dict[str, Any], name_a: str, name_b: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- policies
-
-
-def load_policy(path: str, *, dtype: str | None = None, device: str | None = None):
-    """(model, tokenizer) from a model folder/id, a `packaged:` id or a saved LoRA adapter folder (merged for
-    generation; its base may be a `packaged:` id too)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .augment.packaged import resolve_packaged_model
-
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype and dtype != "auto" else {}
-    path = resolve_packaged_model(path)
-    adapter_config = os.path.join(path, "adapter_config.json")
-    if os.path.isfile(adapter_config):
-        from peft import PeftModel
-
-        with open(adapter_config, encoding="utf-8") as handle:
-            base_name = resolve_packaged_model(json.load(handle)["base_model_name_or_path"])
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name, **kwargs), path)
-        model = model.merge_and_unload()
-    else:
-        base_name = path
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    source = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else base_name
-    tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if device is None:
-        from accelerate import PartialState
-
-        device = PartialState().device
-    return model.to(device).eval(), tokenizer
 
 
 def generate_responses(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 192, batch_size: int = 8,
