@@ -70,3 +70,23 @@ def test_local_accelerator_view_of_a_real_one():
     with view.autocast():
         pass
     assert entered == [True]
+
+
+def test_every_data_loader_dispatches_the_same_way(tmp_path):
+    from trl_mars.alignment import load_prompts
+    from trl_mars.data import load_evaluation_dataset, load_preference_splits
+
+    missing = str(tmp_path / "missing.jsonl")
+    for load in (load_preference_splits, load_evaluation_dataset, load_prompts):
+        with pytest.raises(FileNotFoundError, match="missing.jsonl' does not exist"):
+            load(missing)
+    text = tmp_path / "pairs.txt"
+    text.write_text("not json\n")
+    for load, fields in ((load_preference_splits, "prompt/chosen/rejected"), (load_evaluation_dataset, "subset"),
+                         (load_prompts, "a 'prompt' field")):
+        with pytest.raises(ValueError, match=f"must be .json or .jsonl with .*{fields}"):
+            load(str(text))
+    train, test = load_preference_splits("embedded")
+    assert load_evaluation_dataset("embedded")["prompt"] == test["prompt"]
+    # 'embedded' prompts are the train split's, whatever split is asked
+    assert load_prompts("embedded", split="test")["prompt"] == load_prompts("embedded")["prompt"]
