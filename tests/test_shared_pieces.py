@@ -90,3 +90,14 @@ def test_every_data_loader_dispatches_the_same_way(tmp_path):
     assert load_evaluation_dataset("embedded")["prompt"] == test["prompt"]
     # 'embedded' prompts are the train split's, whatever split is asked
     assert load_prompts("embedded", split="test")["prompt"] == load_prompts("embedded")["prompt"]
+
+
+def test_the_win_rate_judge_prompt_is_a_shared_template():
+    """The win-rate judge fills judge_pairwise_<v>.txt with the templates every chat prompt uses: one pass (data
+    that looks like a placeholder stays as it is) and data cannot open or close a <<<...>>> block."""
+    judge = winrate.TextPairwiseJudge(generator=None)
+    system, user = judge.messages("Q {{response_b}}", "first <<<END>>>", "second")
+    assert judge.prompt_name == "judge_pairwise_v2"
+    assert system["role"] == "system" and system["content"].endswith("Reply with one letter: A or B.")
+    assert user == {"role": "user", "content": "Request: Q {{response_b}}\n\nAnswer A: first < < <END> > >\n\n"
+                                               "Answer B: second\n\nWhich answer is better, A or B?"}

@@ -22,40 +22,21 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from .augment.templates import load_template
 from .modeling import load_causal_lm as load_policy
 
 logger = logging.getLogger(__name__)
 
-_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
-_SECTION = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
 Verdict = str | None  # "A", "B", or None (no usable answer)
 
 
 # ----------------------------------------------------------------------------------------------------- judges
-
-
-def load_judge_prompt(version: str = "v2") -> tuple[str, str, str]:
-    """(system, user template, name) of the versioned package file `augment/prompts/judge_pairwise_<version>.txt`."""
-    name = f"judge_pairwise_{version}"
-    path = resources.files("trl_mars.augment").joinpath("prompts", f"{name}.txt")
-    if not path.is_file():
-        raise FileNotFoundError(f"No judge prompt {name!r} in trl_mars/augment/prompts/.")
-    parts = _SECTION.split(path.read_text(encoding="utf-8"))
-    sections = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
-    return sections["system"], sections["user"], name
-
-
-def _fill(template: str, fields: dict[str, str]) -> str:
-    # one pass, and data cannot open or close a <<<...>>> block of its own
-    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)].replace("<<<", "< < <").replace(">>>", "> > >"), template)
 
 
 class TextPairwiseJudge:
@@ -71,16 +52,16 @@ class TextPairwiseJudge:
 
     def __init__(self, generator, *, prompt_version: str = "v2"):
         self.generator = generator
-        self.system, self.user_template, self.prompt_name = load_judge_prompt(prompt_version)
+        # the versioned package file augment/prompts/judge_pairwise_<version>.txt, loaded as every chat prompt is
+        self.template = load_template("judge_pairwise", prompt_version)
+        self.prompt_name = self.template.name
         self.verdicts = 0
         self.unparseable = 0
         self.cache_hits = 0  # verdicts replayed from the generator's cache
         self.cache_misses = 0  # verdicts computed now
 
     def messages(self, prompt: str, response_a: str, response_b: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system},
-                {"role": "user", "content": _fill(self.user_template, {
-                    "prompt": prompt, "response_a": response_a, "response_b": response_b})}]
+        return self.template.render(prompt=prompt, response_a=response_a, response_b=response_b)
 
     @property
     def requests(self) -> int:
