@@ -153,23 +153,14 @@ def load_prompts(name: str, *, config: str | None = None, split: str = "train", 
     """A dataset with one `prompt` column (text or chat messages): a Hub id, a local JSON/JSONL file, 'embedded'
     (the prompts of the small preference set that ships with trl_mars) or 'embedded_align' (the shipped alignment
     prompts; `split` 'train' or 'heldout', see `align_prompt_files`)."""
-    from .data import EMBEDDED_DATASET, embedded_dataset_files
+    from .data import EMBEDDED_DATASET, embedded_dataset_files, load_data_source
 
-    if name == EMBEDDED_DATASET:
-        dataset = load_dataset("json", data_files={split: embedded_dataset_files()["train"]})[split]
-    elif name == EMBEDDED_ALIGN_PROMPTS:
-        files = align_prompt_files()
-        if split not in files:
-            raise ValueError(f"--dataset_name {name}: split {split!r} does not exist. Fix: use one of "
-                             f"{', '.join(files)} (--dataset_train_split).")
-        dataset = load_dataset("json", data_files={split: files[split]})[split]
-    elif os.path.isfile(name):
-        if not name.endswith((".json", ".jsonl")):
-            raise ValueError(f"--dataset_name {name!r}: a local prompt file must be .json or .jsonl with a 'prompt' "
-                             "field.")
-        dataset = load_dataset("json", data_files={split: name})[split]
-    else:
-        dataset = load_dataset(name, name=config, split=split)
+    # 'embedded' gives the prompts of the preference set's train split whatever `split` names (its held-out prompts
+    # are 'embedded_align' 'heldout').
+    shipped = {EMBEDDED_DATASET: {split: embedded_dataset_files()["train"]},
+               EMBEDDED_ALIGN_PROMPTS: align_prompt_files()}
+    dataset = load_data_source(name, dataset_config=config, split=split, shipped_files=shipped,
+                               fields="a 'prompt' field")
     columns = set(dataset.column_names)
     alias = next((c for c in _PROMPT_ALIASES if c in columns), None)
     if "prompt" not in columns and alias is not None:  # e.g. AlpacaEval's 'instruction'

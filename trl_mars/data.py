@@ -406,6 +406,41 @@ def _check_local_path(dataset_name: str) -> None:
                                 "Fix the path; relative paths are taken from the current directory.")
 
 
+def load_data_source(
+    name: str,
+    *,
+    dataset_config: str | None = None,
+    split: str | None = None,
+    shipped_files: dict[str, dict[str, str]] | None = None,
+    fields: str = "prompt/chosen/rejected fields",
+) -> Dataset | DatasetDict:
+    """The data a `--dataset_name` names, for every loader of preference pairs or prompts: 'embedded' (the
+    preference set that ships with trl_mars), a local .json/.jsonl file, or a local directory or Hub dataset id
+    (`datasets.load_dataset`).
+
+    Returns the DatasetDict of all splits, or the Dataset of `split` when one is named. A local file has no splits
+    of its own: it is returned whole, as the split `split` (default 'train'). `shipped_files` adds or overrides
+    shipped sets by name ({name: {split: file}}); `fields` says, in the error about a local file's extension, what
+    its rows need.
+    """
+    _check_local_path(name)
+    shipped = {EMBEDDED_DATASET: embedded_dataset_files(), **(shipped_files or {})}
+    if name in shipped:
+        files = shipped[name]
+        if split is None:
+            return load_dataset("json", data_files=files)
+        if split not in files:
+            raise ValueError(f"--dataset_name {name}: split {split!r} does not exist. Fix: use one of "
+                             f"{', '.join(files)} (--dataset_train_split).")
+        return load_dataset("json", data_files={split: files[split]})[split]
+    if os.path.isfile(name):
+        if not name.endswith((".json", ".jsonl")):
+            raise ValueError(f"--dataset_name {name!r}: local files must be .json or .jsonl with {fields}.")
+        splits = load_dataset("json", data_files={split or "train": name})
+        return splits[split] if split is not None else splits
+    return load_dataset(name, name=dataset_config, split=split)
+
+
 def load_preference_splits(
     dataset_name: str,
     *,
@@ -425,16 +460,7 @@ def load_preference_splits(
     pairs never depend on `max_train_samples`, which then takes a seeded subset of the rest (the paper uses 1k-pair
     subsets). `seed` is a data seed (default `DATA_SEED`): keep it fixed across runs you compare.
     """
-    _check_local_path(dataset_name)
-    if dataset_name == EMBEDDED_DATASET:
-        splits = load_dataset("json", data_files=embedded_dataset_files())
-    elif os.path.isfile(dataset_name):
-        if not dataset_name.endswith((".json", ".jsonl")):
-            raise ValueError(f"--dataset_name {dataset_name!r}: local files must be .json or .jsonl with "
-                             "prompt/chosen/rejected fields.")
-        splits = load_dataset("json", data_files={"train": dataset_name})
-    else:
-        splits = load_dataset(dataset_name, name=dataset_config)
+    splits = load_data_source(dataset_name, dataset_config=dataset_config)
     if train_split not in splits:
         raise ValueError(f"--dataset_name {dataset_name!r} has splits {list(splits)}, not {train_split!r}. "
                          "Set --dataset_train_split.")
@@ -448,19 +474,13 @@ def load_preference_splits(
 
 def load_evaluation_dataset(dataset_name: str, *, split: str | None = None, dataset_config: str | None = None,
                             pku_preference: str = "better") -> Dataset:
-    """One split for evaluation: a local .json/.jsonl file (all rows) or a Hub dataset.
+    """One split for evaluation: a split of the embedded set, a local .json/.jsonl file (all rows), or a Hub dataset.
 
-    `allenai/reward-bench` defaults to its "filtered" split (prompt, chosen, rejected, subset, ...); other Hub
-    datasets to "test". A local file in RewardBench's format (with a `subset` column) is scored per subset too.
+    `allenai/reward-bench` defaults to its "filtered" split (prompt, chosen, rejected, subset, ...); other datasets
+    to "test". A local file in RewardBench's format (with a `subset` column) is scored per subset too.
     """
-    _check_local_path(dataset_name)
-    if os.path.isfile(dataset_name):
-        if not dataset_name.endswith((".json", ".jsonl")):
-            raise ValueError(f"{dataset_name!r}: local files must be .json or .jsonl with prompt/chosen/rejected "
-                             "fields (and optionally subset).")
-        dataset = load_dataset("json", data_files={"eval": dataset_name}, split="eval")
-    else:
-        if split is None:
-            split = "filtered" if dataset_name == "allenai/reward-bench" else "test"
-        dataset = load_dataset(dataset_name, name=dataset_config, split=split)
+    if split is None:
+        split = "filtered" if dataset_name == "allenai/reward-bench" else "test"
+    dataset = load_data_source(dataset_name, dataset_config=dataset_config, split=split,
+                               fields="prompt/chosen/rejected fields (and optionally subset)")
     return adapt_columns(dataset, pku_preference=pku_preference)

@@ -4,9 +4,9 @@ Two layers, kept apart:
 
 * pure metrics over margins (`pairwise_metrics`, `subset_metrics`, `rewardbench_sections`, `evaluate_margins`),
   cheap to import and tested against hand-computed values;
-* scoring a saved reward model (`load_reward_model`, `score_pairs`), which encodes every pair exactly as
-  `MarsRewardTrainer` does for training (`tokenize_pair`, then keep-the-end truncation) and scores with the
-  batched, length-sorted `trl_mars.scoring.score_margins`.
+* scoring a saved reward model (`load_reward_model` of `trl_mars.modeling`, `score_pairs`), which encodes every
+  pair exactly as `MarsRewardTrainer` does for training (`tokenize_pair`, then keep-the-end truncation) and scores
+  with the batched, length-sorted `trl_mars.scoring.score_margins`.
 
 Definitions. A pair is ranked correctly when its margin r(x, y+) - r(x, y-) is strictly positive (a tie counts as
 wrong, as in RewardBench). Margin SNR = mean / std (population std; None when all margins are equal), the paper's
@@ -20,7 +20,6 @@ over the sections present; the official leaderboard's "Prior Sets" section is no
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .modeling import load_reward_model  # torch-free at import, like the metrics
 
 # Official section mapping of RewardBench (docs/usage.md, "Evaluating a reward model").
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -166,28 +167,6 @@ def write_report(report: Mapping[str, Any], path: str | Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class SingleProcessScorer:
-    """What `score_margins` needs from an accelerator, for scoring in one process on one device."""
-
-    num_processes = 1
-    process_index = 0
-    is_local_main_process = True
-
-    def __init__(self, device: Any = None, autocast_dtype: Any = None):
-        import torch
-
-        self.device = torch.device(device) if device is not None else (
-            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-        self._autocast_dtype = autocast_dtype
-
-    def autocast(self):
-        if self._autocast_dtype is None:
-            return contextlib.nullcontext()
-        import torch
-
-        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
-
-
 def encode_pairs(dataset, tokenizer, max_length: int | None) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of every pair, encoded as `MarsRewardTrainer` encodes training pairs.
 
@@ -214,57 +193,25 @@ def encode_pairs(dataset, tokenizer, max_length: int | None) -> tuple[list[list[
 def score_pairs(model, tokenizer, dataset, *, max_length: int | None, batch_size: int = 64,
                 accelerator=None) -> np.ndarray:
     """Margins r(x, y+) - r(x, y-) of every pair in `dataset` (text columns prompt/chosen/rejected)."""
+    from .scoring import LocalAccelerator, score_margins
+
     chosen, rejected = encode_pairs(dataset, tokenizer, max_length)
     if accelerator is None:
-        accelerator = SingleProcessScorer(next(model.parameters()).device)
-    from .scoring import score_margins
+        accelerator = LocalAccelerator(next(model.parameters()).device, show_progress=True)
 
     margins, _ = score_margins(model, chosen, rejected, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
                                accelerator=accelerator, desc="Scoring evaluation pairs")
     return margins
 
 
-def load_reward_model(path: str, *, device: Any = None, dtype: Any = None):
-    """(model, tokenizer) of a reward model saved by `MarsRewardTrainer` (or any sequence classifier, 1 label).
+def __getattr__(name: str):
+    # This module's single-process accelerator is `scoring.LocalAccelerator` now; the old name still resolves, lazily,
+    # so that importing the metrics does not import torch.
+    if name == "SingleProcessScorer":
+        from .scoring import LocalAccelerator
 
-    A folder with `adapter_config.json` is a PEFT adapter: its base model is loaded, the adapter applied and merged,
-    so scoring runs at full speed. The adapter must carry the score head (`task_type="SEQ_CLS"` or the head in
-    `modules_to_save`); otherwise the head would be freshly random and the scores meaningless, so we refuse.
-    """
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    folder = Path(path)
-    adapter_config = folder / "adapter_config.json"
-    kwargs = {"num_labels": 1}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if adapter_config.is_file():
-        from peft import PeftModel
-
-        config = json.loads(adapter_config.read_text(encoding="utf-8"))
-        if config.get("task_type") != "SEQ_CLS" and not config.get("modules_to_save"):
-            raise ValueError(
-                f"{path}: the adapter was saved with task_type={config.get('task_type')!r} and no modules_to_save, "
-                "so the reward head was never saved and would be random at load time. Fix: train the LoRA reward "
-                "model with `--lora_task_type SEQ_CLS` (or put the head, e.g. 'classifier'/'score', in "
-                "`--lora_modules_to_save`).")
-        base = config["base_model_name_or_path"]
-        model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
-        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-        tokenizer_source = str(folder) if (folder / "tokenizer_config.json").is_file() else base
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
-        tokenizer_source = str(folder)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    if tokenizer.pad_token is None:
-        # Decoders saved without a pad token: padding is masked out, any id works; EOS is TRL's choice too.
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
+        return LocalAccelerator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

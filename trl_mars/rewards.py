@@ -17,8 +17,6 @@ completions without collectives, which suits reward models of up to a few hundre
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -28,7 +26,8 @@ import numpy as np
 import torch
 
 from .data import render_messages, response_text, tokenize_pair, truncate_keep_end
-from .scoring import score_sequences
+from .modeling import load_reward_model
+from .scoring import LocalAccelerator, score_sequences
 
 logger = logging.getLogger(__name__)
 
@@ -51,70 +50,6 @@ def as_text_pair(prompt: str | list[dict], completion: str | list[dict]) -> tupl
     return prompt, response_text(completion)
 
 
-@contextlib.contextmanager
-def _zero3_init_disabled():
-    """Loads a model whole even inside a DeepSpeed ZeRO-3 run.
-
-    Under `accelerate launch` with ZeRO-3, transformers partitions every model created by `from_pretrained`
-    (`deepspeed.zero.Init`). A reward model that only runs inference and is not wrapped in an engine would then
-    hold empty parameters. transformers keeps the active DeepSpeed config in a module-level weak reference; it is
-    cleared while loading and restored afterwards (if a transformers release renames it, loading goes on as is).
-    """
-    try:
-        from transformers.integrations import deepspeed as hf_deepspeed
-    except ImportError:  # pragma: no cover - transformers without the integration module
-        yield
-        return
-    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
-    if saved is not None:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        if saved is not None:
-            hf_deepspeed._hf_deepspeed_config_weak_ref = saved
-
-
-def _default_device() -> torch.device:
-    from accelerate import PartialState
-
-    return PartialState().device
-
-
-def load_reward_model(path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
-    """(model, tokenizer) from a folder written by `MarsRewardTrainer.save_model`: a full model or a LoRA adapter.
-
-    A LoRA adapter is merged into its base so that scoring costs no adapter overhead. The tokenizer is the one saved
-    with the reward model (the base model's for an adapter folder without one).
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    adapter_config = os.path.join(path, "adapter_config.json")
-    is_adapter = os.path.isfile(adapter_config)
-    kwargs = {"num_labels": 1}
-    if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-    with _zero3_init_disabled():
-        if is_adapter:
-            from peft import PeftModel
-
-            with open(adapter_config, encoding="utf-8") as handle:
-                base_name = json.load(handle)["base_model_name_or_path"]
-            base = AutoModelForSequenceClassification.from_pretrained(base_name, **kwargs)
-            model = PeftModel.from_pretrained(base, path).merge_and_unload()
-        else:
-            base_name = path
-            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    tokenizer_source = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else base_name
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    if tokenizer.pad_token_id is None:  # as RewardTrainer does for decoders without a pad token
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.requires_grad_(False).eval()
-    model.to(device if device is not None else _default_device())
-    return model, tokenizer
-
-
 def default_max_length(model, tokenizer) -> int | None:
     """The longest input the reward model can read: the tokenizer's limit and the model's position embeddings."""
     limits = []
@@ -126,21 +61,6 @@ def default_max_length(model, tokenizer) -> int | None:
         offset = (model.config.pad_token_id + 1) if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta") else 0
         limits.append(int(positions) - offset)
     return min(limits) if limits else None
-
-
-class _LocalScoringView:
-    """What `score_sequences` needs from an accelerator, for scoring on this process alone."""
-
-    num_processes = 1
-    process_index = 0
-    is_local_main_process = False  # no progress bar inside every training step
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    @staticmethod
-    def autocast():
-        return contextlib.nullcontext()
 
 
 class MarsRewardFunction:
@@ -233,7 +153,7 @@ class MarsRewardFunction:
             return np.zeros(0)
         sequences = [self.encode(p, c) for p, c in zip(prompts, completions)]
         return score_sequences(self.model, sequences, pad_token_id=self.tokenizer.pad_token_id,
-                               batch_size=self.batch_size, accelerator=_LocalScoringView(self.device),
+                               batch_size=self.batch_size, accelerator=LocalAccelerator(self.device),
                                desc="Scoring completions")
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs: Any) -> list[float]:

@@ -9,8 +9,10 @@ put back in input order, so all ranks end with the same array.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,42 @@ class NonFiniteRewardsError(FloatingPointError):
             "diverged (a learning rate too high for the model, or fp16 overflow). Lower `learning_rate`, train in "
             "bf16 or fp32 instead of fp16, or clip gradients (`max_grad_norm`).")
         self.count, self.total = count, total
+
+
+class LocalAccelerator:
+    """What `score_sequences` needs from an accelerator, for scoring on this process alone (no sharding, no
+    collectives): per-rank work such as the reward function inside a training step, or a single-process evaluation.
+
+    Args:
+        device: where the model is (default: cuda when available, else cpu).
+        autocast: a torch dtype to autocast forward passes to on `device`, or a callable returning the context to
+            run them in (an accelerator's `autocast`); None runs them as they are.
+        show_progress: show a progress bar (off by default: none inside every training step).
+    """
+
+    num_processes = 1
+    process_index = 0
+
+    def __init__(self, device: Any = None, *, autocast: torch.dtype | Callable[[], Any] | None = None,
+                 show_progress: bool = False):
+        self.device = torch.device(device) if device is not None else (
+            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.is_local_main_process = show_progress
+        if autocast is None:
+            self._autocast = contextlib.nullcontext
+        elif isinstance(autocast, torch.dtype):
+            self._autocast = lambda: torch.autocast(self.device.type, dtype=autocast)
+        else:
+            self._autocast = autocast
+
+    @classmethod
+    def view_of(cls, accelerator) -> LocalAccelerator:
+        """A real accelerator's device, autocast and progress display, for work each rank does on its own."""
+        return cls(accelerator.device, autocast=accelerator.autocast,
+                   show_progress=accelerator.is_local_main_process)
+
+    def autocast(self):
+        return self._autocast()
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, num_shards: int) -> list[list[list[int]]]:

@@ -22,38 +22,21 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from .augment.templates import load_template
+from .modeling import load_causal_lm as load_policy
+
 logger = logging.getLogger(__name__)
 
-_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
-_SECTION = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
 Verdict = str | None  # "A", "B", or None (no usable answer)
 
 
 # ----------------------------------------------------------------------------------------------------- judges
-
-
-def load_judge_prompt(version: str = "v2") -> tuple[str, str, str]:
-    """(system, user template, name) of the versioned package file `augment/prompts/judge_pairwise_<version>.txt`."""
-    name = f"judge_pairwise_{version}"
-    path = resources.files("trl_mars.augment").joinpath("prompts", f"{name}.txt")
-    if not path.is_file():
-        raise FileNotFoundError(f"No judge prompt {name!r} in trl_mars/augment/prompts/.")
-    parts = _SECTION.split(path.read_text(encoding="utf-8"))
-    sections = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
-    return sections["system"], sections["user"], name
-
-
-def _fill(template: str, fields: dict[str, str]) -> str:
-    # one pass, and data cannot open or close a <<<...>>> block of its own
-    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)].replace("<<<", "< < <").replace(">>>", "> > >"), template)
 
 
 class TextPairwiseJudge:
@@ -69,16 +52,16 @@ class TextPairwiseJudge:
 
     def __init__(self, generator, *, prompt_version: str = "v2"):
         self.generator = generator
-        self.system, self.user_template, self.prompt_name = load_judge_prompt(prompt_version)
+        # the versioned package file augment/prompts/judge_pairwise_<version>.txt, loaded as every chat prompt is
+        self.template = load_template("judge_pairwise", prompt_version)
+        self.prompt_name = self.template.name
         self.verdicts = 0
         self.unparseable = 0
         self.cache_hits = 0  # verdicts replayed from the generator's cache
         self.cache_misses = 0  # verdicts computed now
 
     def messages(self, prompt: str, response_a: str, response_b: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system},
-                {"role": "user", "content": _fill(self.user_template, {
-                    "prompt": prompt, "response_a": response_a, "response_b": response_b})}]
+        return self.template.render(prompt=prompt, response_a=response_a, response_b=response_b)
 
     @property
     def requests(self) -> int:
@@ -197,38 +180,6 @@ def format_table(summary: dict[str, Any], name_a: str, name_b: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- policies
-
-
-def load_policy(path: str, *, dtype: str | None = None, device: str | None = None):
-    """(model, tokenizer) from a model folder/id, a `packaged:` id or a saved LoRA adapter folder (merged for
-    generation; its base may be a `packaged:` id too)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .augment.packaged import resolve_packaged_model
-
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype and dtype != "auto" else {}
-    path = resolve_packaged_model(path)
-    adapter_config = os.path.join(path, "adapter_config.json")
-    if os.path.isfile(adapter_config):
-        from peft import PeftModel
-
-        with open(adapter_config, encoding="utf-8") as handle:
-            base_name = resolve_packaged_model(json.load(handle)["base_model_name_or_path"])
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name, **kwargs), path)
-        model = model.merge_and_unload()
-    else:
-        base_name = path
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    source = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else base_name
-    tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if device is None:
-        from accelerate import PartialState
-
-        device = PartialState().device
-    return model.to(device).eval(), tokenizer
 
 
 def generate_responses(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 192, batch_size: int = 8,
