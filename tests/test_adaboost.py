@@ -45,9 +45,9 @@ def test_round_evidence_has_a_weight_per_tuple_and_no_rows():
     assert result.synthetic_rows == []
     assert [row["weight"] for row in result.allocation_rows] == pytest.approx(list(weights))
     assert [row["index"] for row in result.allocation_rows] == [0, 1, 2]
-    assert result.summary["synthetic_pairs_added"] == 0
-    assert result.summary["weights"]["mean"] == pytest.approx(1.0)
-    assert result.summary["weights"]["max"] == pytest.approx(3 * math.exp(0.5) / (math.exp(0.5) + 1 + math.exp(-1)))
+    assert result.summary.synthetic_pairs_added == 0
+    assert result.summary.weights["mean"] == pytest.approx(1.0)
+    assert result.summary.weights["max"] == pytest.approx(3 * math.exp(0.5) / (math.exp(0.5) + 1 + math.exp(-1)))
 
 
 def test_collator_carries_source_index():

@@ -12,7 +12,8 @@ from transformers import Trainer
 from trl import RewardTrainer
 
 from trl_mars import MarsAugmentationCallback
-from trl_mars.callback import RoundPlanError, _QuietProgressCallback
+from trl_mars.plan_guard import RoundPlanError
+from trl_mars.reporting import QuietProgressCallback
 from trl_mars.trainer import MarsRewardTrainer
 
 
@@ -67,7 +68,7 @@ def test_short_round_replans_lr_eval_once_per_epoch_and_quiet_console(tmp_path, 
     assert planned == 64 // 4 + 64 // 4 < 64 // 4 + 112 // 4  # re-planned down from the budgeted 44 steps
     assert trainer.state.global_step == trainer.state.max_steps == planned
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # LR ends at the last step
-    progress = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _QuietProgressCallback)]
+    progress = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, QuietProgressCallback)]
     assert len(progress) == 1 and progress[0].current_step == planned  # the bar reached its (re-planned) total
 
     summary = json.loads((tmp_path / "mars" / "summary.json").read_text())

@@ -313,10 +313,13 @@ def test_local_backend_round_end_to_end_and_cached_rerun(tmp_path, minilm_path, 
 
 def test_round_line_reports_the_fidelity_counts():
     from trl_mars.evidence import round_line
+    from trl_mars.strategies import RoundSummary
 
-    entry = {"round": 1, "epoch": 2, "margin": {"mean": 0.25, "fraction_negative": 0.3}, "allocation_entropy": 6.5,
-             "allocation_entropy_uniform": 6.9, "synthetic_pairs_added": 40,
-             "paraphraser_stats": {"fidelity_kept": 40, "fidelity_too_far": 11, "fidelity_near_copy": 3}}
+    entry = RoundSummary(round=1, epoch=2, margin={"mean": 0.25, "fraction_negative": 0.3}, allocation_entropy=6.5,
+                         allocation_entropy_uniform=6.9, synthetic_pairs_added=40, num_original_pairs=100, budget=40,
+                         pairs_short_of_budget=0,
+                         backend={"paraphraser_stats": {"fidelity_kept": 40, "fidelity_too_far": 11,
+                                                        "fidelity_near_copy": 3}})
     line = round_line(entry, train_pairs=140, seconds=12.0)
     assert "fidelity filter kept 40 paraphrases, dropped 11 too far + 3 near-copies (run total)" in line
 

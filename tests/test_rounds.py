@@ -42,7 +42,7 @@ def test_rounds_never_repeat_a_pair_already_trained_on():
     for round_index in (1, 2, 3):
         result = run_round(inputs(round_index, used_pairs=used, refinements=refinements))
         new = keys(result.synthetic_rows)
-        assert len(new) == len(set(new)) == result.summary["budget"] == 24
+        assert len(new) == len(set(new)) == result.summary.budget == 24
         assert not seen & set(new), f"round {round_index} repeated a pair"
         seen |= set(new)
         assert {k for i, s in used.items() for k in ((i, key) for key in s)} == seen
@@ -60,7 +60,7 @@ def test_a_refined_pair_is_added_with_operation_refined():
     others = Counter(row["operation"] for row in rows if row["source_index"] == 0 and row["operation"] != "refined")
     assert set(others) <= {"refine_rejected+paraphrase_chosen", "refine_rejected+paraphrase_rejected",
                            "refine_rejected+paraphrase_both"}
-    assert result.summary["synthetic_pairs_added"] == 24
+    assert result.summary.synthetic_pairs_added == 24
 
 
 def test_budget_a_pool_cannot_fill_moves_and_the_evidence_says_where():
@@ -71,19 +71,19 @@ def test_budget_a_pool_cannot_fill_moves_and_the_evidence_says_where():
     assert all(row["pairs_added"] <= 3 for row in rows.values())
     moved_out = sum(row["budget_moved_out"] for row in rows.values())
     moved_in = sum(row["budget_moved_in"] for row in rows.values())
-    assert moved_out == result.summary["budget_moved"] > 0
+    assert moved_out == result.summary.budget_moved > 0
     assert 0 < moved_in <= moved_out  # moved to tuples with spare candidates; the rest is reported short
     for row in rows.values():
         assert row["pairs_added"] == row["budget"] - row["budget_moved_out"] + row["budget_moved_in"]
-    assert result.summary["synthetic_pairs_added"] == 16 - (moved_out - moved_in)
-    assert result.summary["pairs_short_of_budget"] == moved_out - moved_in
-    assert result.summary["tuples_short_of_budget"] == sum(1 for row in rows.values() if row["budget_moved_out"])
+    assert result.summary.synthetic_pairs_added == 16 - (moved_out - moved_in)
+    assert result.summary.pairs_short_of_budget == moved_out - moved_in
+    assert result.summary.tuples_short_of_budget == sum(1 for row in rows.values() if row["budget_moved_out"])
 
     # A second round: the 3 candidates per tuple are spent, the back-end has nothing new, so the round is short.
     used = {}
     run_round(inputs(1, paraphraser=OneVariantParaphraser(), budget_ratio=3.0, used_pairs=used))
     second = run_round(inputs(2, paraphraser=OneVariantParaphraser(), budget_ratio=3.0, used_pairs=used))
-    assert second.summary["synthetic_pairs_added"] == 0 and second.summary["pairs_short_of_budget"] == 24
+    assert second.summary.synthetic_pairs_added == 0 and second.summary.pairs_short_of_budget == 24
 
 
 def test_generation_goes_through_the_map_once_per_distinct_request():
@@ -96,4 +96,4 @@ def test_generation_goes_through_the_map_once_per_distinct_request():
     result = run_round(inputs(1, generate_map=recording_map))
     requested = [item for call in calls for item in call]
     assert len(requested) == len(set(requested))  # each (text, n) generated once
-    assert result.summary["synthetic_pairs_added"] == 24
+    assert result.summary.synthetic_pairs_added == 24

@@ -89,8 +89,8 @@ def test_round_pairs_best_and_worst_by_score():
 
     inputs = RoundInputs(round_index=1, originals=rows, margins=np.zeros(4), paraphraser=None, budget_ratio=1.0)
     result = west_of_n_round(inputs, generator, score, candidates_per_draw=4)
-    assert result.summary["budget"] == 4
-    assert len(result.synthetic_rows) + result.summary["pairs_short_of_budget"] == 4
+    assert result.summary.budget == 4
+    assert len(result.synthetic_rows) + result.summary.pairs_short_of_budget == 4
     assert result.synthetic_rows, "the lexical pool gives four distinct candidates for these rows"
     for row in result.synthetic_rows:
         allocation = result.allocation_rows[row["source_index"]]
@@ -106,7 +106,7 @@ def test_round_pairs_best_and_worst_by_score():
     first |= {(i, row["chosen"], row["rejected"]) for i, row in enumerate(rows)}
     second = {(row["source_index"], row["chosen"], row["rejected"]) for row in again.synthetic_rows}
     assert not first & second
-    won = again.summary["won"]
+    won = again.summary.won
     assert len(again.synthetic_rows) + won["draws_without_new_pair"] + won["draws_without_preference"] == won["draws"]
 
 

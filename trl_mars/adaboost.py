@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .allocation import Allocation, adaboost_weights, allocation_entropy, margin_statistics
-from .rounds import RoundInputs, RoundResult
+from .strategies import RoundInputs, RoundResult, RoundServices, RoundStrategy, RoundSummary
 
 SOURCE_INDEX = "source_index"
 
@@ -48,6 +48,21 @@ def weight_statistics(weights: Sequence[float]) -> dict[str, Any]:
             "max": float(w.max()), "effective_sample_size": float(w.sum() ** 2 / np.sum(w ** 2))}
 
 
+class AdaBoostStrategy(RoundStrategy):
+    """'adaboost': each round returns loss weights from the margins, and no rows."""
+
+    adds_pairs = False
+
+    @classmethod
+    def sets_loss_weights(cls, args) -> bool:
+        return True
+
+    def run(self, inputs: RoundInputs, services: RoundServices) -> RoundResult:
+        result, weights = adaboost_round(inputs, self.args.mars_adaboost_beta)
+        result.loss_weights = weights
+        return result
+
+
 def adaboost_round(inputs: RoundInputs, beta: float) -> tuple[RoundResult, np.ndarray]:
     """The round's weights and evidence (one allocation row per tuple, no synthetic rows)."""
     weights = adaboost_weights(inputs.margins, beta)
@@ -57,21 +72,60 @@ def adaboost_round(inputs: RoundInputs, beta: float) -> tuple[RoundResult, np.nd
     allocation = Allocation(margins=margins, probs=weights / n, budgets=zeros, n_chosen=zeros, n_rejected=zeros)
     rows = [{"index": i, "margin": float(margins[i]), "weight": float(weights[i]), "pairs_added": 0}
             for i in range(n)]
-    summary = {
-        "round": inputs.round_index,
-        "num_original_pairs": n,
-        "margin": margin_statistics(margins),
+    summary = RoundSummary(
+        round=inputs.round_index,
+        num_original_pairs=n,
+        margin=margin_statistics(margins),
         # entropy of w / N: ln N when all weights are 1, lower as the weights concentrate
-        "allocation_entropy": allocation_entropy(weights / n),
-        "allocation_entropy_uniform": float(np.log(n)),
-        "budget": 0,
-        "synthetic_pairs_added": 0,
-        "pairs_short_of_budget": 0,
-        "adaboost_beta": float(beta),
-        "weights": weight_statistics(weights),
-    }
+        allocation_entropy=allocation_entropy(weights / n),
+        allocation_entropy_uniform=float(np.log(n)),
+        budget=0,
+        synthetic_pairs_added=0,
+        pairs_short_of_budget=0,
+        adaboost_beta=float(beta),
+        weights=weight_statistics(weights),
+    )
     return RoundResult(round=inputs.round_index, allocation=allocation, allocation_rows=rows, synthetic_rows=[],
                        summary=summary, timings=inputs.timings), weights
+
+
+class LossWeightTable:
+    """The loss weight of every row of D^t, indexed by its `source_index` (what `WeightedLossMixin` reads).
+
+    `slots` are the original train set's `source_index` values, in its order. Weights are set per original tuple;
+    with a `synthetic_weight` (`mars_synthetic_weight` != 1), synthetic rows read their own slot
+    `synthetic_offset + source_index` (set when they are added), holding their tuple's weight times that factor.
+    """
+
+    def __init__(self, slots: torch.Tensor, synthetic_weight: float | None = None):
+        self.slots = slots
+        self.synthetic_weight = synthetic_weight
+        self.table: torch.Tensor | None = None
+        self.reset()
+
+    @property
+    def slot_count(self) -> int:
+        return int(self.slots.max()) + 1 if len(self.slots) else 0
+
+    @property
+    def synthetic_offset(self) -> int | None:
+        """Where synthetic rows' slots start (None: they share their tuple's slot)."""
+        return None if self.synthetic_weight is None else self.slot_count
+
+    def reset(self) -> None:
+        """All weights 1 (before the first round, or when a run starts again)."""
+        self.set(np.ones(len(self.slots)))
+
+    def set(self, weights: np.ndarray) -> None:
+        """Per-tuple weights, in the order of the original train set."""
+        offset = self.synthetic_offset
+        size = self.slot_count
+        table = torch.zeros(size if offset is None else offset + size, dtype=torch.float32)
+        values = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        table[self.slots] = values
+        if offset is not None:
+            table[offset + self.slots] = values * float(self.synthetic_weight)
+        self.table = table
 
 
 class SourceIndexCollator:

@@ -1,5 +1,5 @@
-"""`MarsAugmentationCallback`: decides when a MARS round runs and runs it (score -> allocate -> refine -> generate
--> sample -> grow), for `MarsRewardTrainer` (installed by default) or any `trl.RewardTrainer` subclass:
+"""`MarsAugmentationCallback`: decides when a MARS round runs and runs it (score -> strategy -> grow), for
+`MarsRewardTrainer` (installed by default) or any `trl.RewardTrainer` subclass:
 
     trainer = MyRewardTrainer(model, args=MarsRewardConfig(...), train_dataset=pairs)
     MarsAugmentationCallback().attach(trainer)
@@ -8,27 +8,30 @@
 A round runs in `on_epoch_begin` (round t opens epoch `mars_warmup_epochs + t - 1`), so it scores margins with
 r^{t-1}, the model after the previous epochs, and epoch t trains on D^t, as in the paper's Algorithm 1. Moving the
 epoch onto the grown dataset needs Trainer internals no callback event reaches: `attach` mixes the small adapter of
-`trl_mars.loop` into the trainer's class, and this callback checks at every epoch and after `train()` that the
-rounds that ran, the epoch sizes and the step count match the plan, so a transformers release that stops calling
+`trl_mars.loop` into the trainer's class, and `trl_mars.plan_guard` checks at every epoch and after `train()` that
+the rounds that ran, the epoch sizes and the step count match the plan, so a transformers release that stops calling
 the adapter fails loudly instead of training without augmentation.
 
-Extension points for other strategies (subclass and override):
-- `augment(inputs: RoundInputs) -> RoundResult`: the round's rows from the margins. By default it follows
-  `mars_strategy`: `rounds.run_round` for mars/mars_nosem/uniform, `adaboost.adaboost_round` for 'adaboost' (no
-  rows; the round's loss weights), `west_of_n.west_of_n_round` for 'won' (generated candidates, scored);
-- `after_scoring(round_index, margins)`: sees every round's margins on the original tuples before allocation.
+The callback does the Trainer-side work of a round (scoring with r^{t-1} on every rank, sharding generation, growing
+D^t, loss weights) and leaves the rest to its collaborators:
+- the strategy (`trl_mars.strategies`, chosen by `mars_strategy`): the round's rows and/or loss weights;
+- `trl_mars.reporting.RunReporter`: console lines, logger figures, held-out reports, evidence files;
+- `trl_mars.checkpoint`: the rounds inside Trainer's checkpoints;
+- `trl_mars.plan_guard.PlanGuard`: the loop state shared with the adapter, and the plan checks.
 
-'adaboost' also needs the weights in the loss: `attach` mixes `adaboost.WeightedLossMixin` into the trainer's
-class (MarsRewardTrainer has it already), keeps `source_index` through TRL's column filter and collator, and the
-weights live in `example_weights`, indexed by `source_index`.
+Extension points (subclass and override): `augment(inputs) -> RoundResult` (by default the strategy's `run`),
+`after_scoring(round_index, margins)` (sees every round's margins before the strategy). A new strategy is better
+registered (`trl_mars.strategies.register_strategy`) than written as a subclass.
+
+Loss weights ('adaboost', `mars_weight_originals`, `mars_synthetic_weight`) reach the loss through `source_index`:
+`attach` mixes `adaboost.WeightedLossMixin` into the trainer's class (MarsRewardTrainer has it already), keeps
+`source_index` through TRL's column filter and collator, and the weights live in `example_weights`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,26 +40,23 @@ from typing import Any
 import numpy as np
 from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset, concatenate_datasets
-from tqdm.auto import tqdm
-from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 
-from . import heldout
-from .adaboost import SOURCE_INDEX, SourceIndexCollator, adaboost_round, with_weighted_loss
+from .adaboost import SOURCE_INDEX, LossWeightTable, SourceIndexCollator, with_weighted_loss
 from .augment.base import RefinementResult
+from .checkpoint import RoundState, load_round_state, save_round_state
 from .config import MarsRewardConfig
 from .data import column_values, response_text, tokenize_pair, truncate_keep_end, with_response_text
-from .evidence import Evidence, eval_line, read_jsonl, round_figures, round_line, write_json
+from .evidence import Evidence
 from .loop import GrowingDatasetLoop, with_growing_dataset
-from .rounds import RoundInputs, RoundResult, pair_key, run_round
+from .plan_guard import PlanGuard
+from .reporting import RunReporter, quiet_console_printers
+from .rounds import pair_key
 from .schedule import RoundSchedule, round_epochs
 from .scoring import NonFiniteRewardsError, score_margins, score_sequences
+from .strategies import RoundInputs, RoundResult, RoundServices, RoundStrategy, build_strategy
 
 logger = logging.getLogger("trl_mars")
-MARS_STATE_FILE = "mars_state.json"
-
-
-class RoundPlanError(RuntimeError):
-    """The rounds, epoch sizes or step count of a run differ from its plan (see `trl_mars.loop`)."""
 
 
 class MarsAugmentationCallback(TrainerCallback):
@@ -71,8 +71,8 @@ class MarsAugmentationCallback(TrainerCallback):
         tokenize_rows: turns synthetic rows into a dataset with the train set's columns; by default the trainer's
             own `_prepare_dataset`, so synthetic pairs are tokenised exactly like the originals.
 
-    After `attach(trainer)`: `schedule` (the plan), `completed` (rounds done: round, epoch, num_synthetic),
-    `evidence` (summary and files under `<output_dir>/mars/`).
+    After `attach(trainer)`: `schedule` (the plan), `strategy`, `completed` (rounds done: round, epoch,
+    num_synthetic), `evidence` (summary and files under `<output_dir>/mars/`), `plan_guard`, `reporter`.
     """
 
     def __init__(self, args: MarsRewardConfig | None = None, *, paraphraser=None, embedder=None, refiner=None,
@@ -85,29 +85,17 @@ class MarsAugmentationCallback(TrainerCallback):
         self.originals = list(originals) if originals is not None else None
         self.tokenize_rows = tokenize_rows
         self.trainer: Trainer | None = None
+        self.strategy: RoundStrategy | None = None
         self.schedule: RoundSchedule | None = None
         self.completed: list[dict[str, Any]] = []
         self.refinements: dict[int, RefinementResult] = {}
         self.used_pairs: dict[int, set[str]] = {}
         self.semantic: tuple[np.ndarray, list[str]] | None = None
         self.evidence: Evidence | None = None
-        # loop state, read and written by `trl_mars.loop.GrowingDatasetLoop`
-        self.dataset_version = 0
-        self.loader = None
-        self.loader_version = 0
-        self.planned_max_steps: int | None = None
-        self.resume_position: tuple[int, int] | None = None
-        self._expected_resume: tuple[int, int] | None = None
-        self._epochs_begun: list[int] = []
-        self._epochs_run: dict[int, int] = {}
+        self.reporter: RunReporter | None = None
+        self.plan_guard = PlanGuard()
+        self.loss_weights: LossWeightTable | None = None  # once a weighted loss is attached
         self._epoch_start: float | None = None
-        self._checked_epoch: int | None = None
-        # 'adaboost': the current loss weight of each original tuple, indexed by its `source_index` value
-        self.example_weights = None
-        self._weight_slots = None  # the train set's `source_index` values, once a weighted loss is attached
-        # Every figure this callback sent to the trainer's loggers, with its step. Kept here, not in
-        # `state.log_history`, so Trainer's own entries keep their places (see `log_figures`).
-        self.log_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- set-up
 
@@ -119,6 +107,20 @@ class MarsAugmentationCallback(TrainerCallback):
     def added(self) -> dict[int, int]:
         """Round number -> synthetic pairs it really added (rounds done so far)."""
         return {entry["round"]: entry["num_synthetic"] for entry in self.completed}
+
+    @property
+    def example_weights(self):
+        """The loss weight of each `source_index` slot (a float tensor), or None without a weighted loss."""
+        return None if self.loss_weights is None else self.loss_weights.table
+
+    @property
+    def log_history(self) -> list[dict[str, Any]]:
+        """Every figure sent to the trainer's loggers, with its step (see `RunReporter.log_figures`)."""
+        return [] if self.reporter is None else self.reporter.log_history
+
+    @property
+    def _weights_synthetic(self) -> bool:
+        return self.args.mars_synthetic_weight != 1.0 and self.args.adds_pairs
 
     def attach(self, trainer: Trainer) -> MarsAugmentationCallback:
         """Binds to `trainer`: adds this callback, mixes in the loop adapter, quiets raw `mars/*` console dicts."""
@@ -132,13 +134,15 @@ class MarsAugmentationCallback(TrainerCallback):
         if not isinstance(trainer, GrowingDatasetLoop):
             trainer.__class__ = with_growing_dataset(type(trainer))
         trainer._mars_callback = self
-        _quiet_console_printers(trainer)
-        if self.args.mars_strategy == "adaboost" or self._weights_originals or self._weights_synthetic:
+        quiet_console_printers(trainer)
+        if self.args.sets_loss_weights or self._weights_synthetic:
             self._attach_weighted_loss(trainer)
         self.base_train = trainer.train_dataset
         self.evidence = Evidence(Path(self.args.output_dir) / "mars")
+        self.reporter = RunReporter(trainer, self.args, self.evidence, rounds_enabled=self.enabled)
         if not self.enabled:
             return self
+        self.strategy = build_strategy(self.args)
         if self.originals is None:
             self.originals = _originals_from(self.base_train, trainer.processing_class)
         if len(self.originals) != len(self.base_train):
@@ -164,7 +168,7 @@ class MarsAugmentationCallback(TrainerCallback):
         return self
 
     def _attach_weighted_loss(self, trainer: Trainer) -> None:
-        """'adaboost': weights reach the loss through `source_index` (see `trl_mars.adaboost`); all 1 until round 1."""
+        """Weights reach the loss through `source_index` (see `trl_mars.adaboost`); all 1 until a round sets them."""
         import torch
 
         if SOURCE_INDEX not in trainer.train_dataset.column_names:  # a plain RewardTrainer's prepared set
@@ -173,29 +177,21 @@ class MarsAugmentationCallback(TrainerCallback):
         trainer.__class__ = with_weighted_loss(type(trainer))
         if not isinstance(trainer.data_collator, SourceIndexCollator):
             trainer.data_collator = SourceIndexCollator(trainer.data_collator)
-        self._weight_slots = torch.as_tensor(column_values(trainer.train_dataset, SOURCE_INDEX), dtype=torch.long)
-        self.set_example_weights(np.ones(len(self._weight_slots)))
+        slots = torch.as_tensor(column_values(trainer.train_dataset, SOURCE_INDEX), dtype=torch.long)
+        self.loss_weights = LossWeightTable(
+            slots, synthetic_weight=self.args.mars_synthetic_weight if self._weights_synthetic else None)
 
     def set_example_weights(self, weights: np.ndarray) -> None:
         """Per-tuple loss weights, in the order of the original train set, for `WeightedLossMixin`; synthetic pairs
         get their tuple's weight times `mars_synthetic_weight` when that is not 1."""
-        import torch
-
-        size = self._slot_count
-        offset = self._synthetic_slot_offset
-        table = torch.zeros(size if offset is None else offset + size, dtype=torch.float32)
-        values = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
-        table[self._weight_slots] = values
-        if offset is not None:
-            table[offset + self._weight_slots] = values * float(self.args.mars_synthetic_weight)
-        self.example_weights = table
+        self.loss_weights.set(weights)
 
     def build_backends(self, args: MarsRewardConfig | None = None):
         """Builds the configured back-ends once per process (every rank generates its share of the texts)."""
         from .augment.factory import build_cache, build_embedder, build_paraphraser, build_refiner
 
         args = args or self.args
-        if args.mars_strategy == "adaboost":  # generates nothing
+        if not args.adds_pairs:  # 'adaboost': generates nothing
             return self.paraphraser, self.embedder, self.refiner
         if self.cache is None:
             self.cache = build_cache(args)
@@ -217,9 +213,9 @@ class MarsAugmentationCallback(TrainerCallback):
     # ---------------------------------------------------------- callback events
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._epochs_begun, self._epochs_run, self._checked_epoch = [], {}, None
+        self.plan_guard.start_training()
         if self.enabled and state.global_step > 0:
-            self._expected_resume = self.schedule.position(state.global_step, self.added)
+            self.plan_guard.expected_resume = self.schedule.position(state.global_step, self.added)
         if self.enabled and state.global_step == 0 and not args.eval_on_start:
             self.report_heldout("before training")
 
@@ -227,7 +223,7 @@ class MarsAugmentationCallback(TrainerCallback):
         if not self.enabled:
             return
         epoch = self._current_epoch(state)
-        self._epochs_begun.append(epoch)
+        self.plan_guard.begin_epoch(epoch)
         done = {entry["round"] for entry in self.completed}
         for round_index in self.schedule.rounds_due(epoch):
             if round_index not in done:
@@ -236,26 +232,22 @@ class MarsAugmentationCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         """Checks the plan at the first step of each epoch, before any optimizer step is spent on wrong data."""
-        if self.enabled and self._epochs_begun and self._epochs_begun[-1] != self._checked_epoch:
-            self._checked_epoch = self._epochs_begun[-1]
+        if self.enabled and self.plan_guard.needs_check():
             self.check_plan(state)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        epoch = self._epochs_begun[-1] if self._epochs_begun else self._current_epoch(state) - 1
+        epoch = self.plan_guard.current_epoch
+        epoch = self._current_epoch(state) - 1 if epoch is None else epoch
         if self.enabled and self._epoch_start is not None:
-            self._record_epoch_time(epoch, time.perf_counter() - self._epoch_start)
+            self.reporter.epoch_time(epoch, time.perf_counter() - self._epoch_start)
         if self.enabled and args.eval_strategy != "epoch":  # with "epoch", Trainer's evaluation feeds the report
             self.report_heldout(self._after_epoch(epoch))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not self.enabled or args.eval_strategy != "epoch" or not metrics:
             return
-        epoch = self._epochs_begun[-1] if self._epochs_begun else 0
-        for name, _ in heldout.named_eval_datasets(self.trainer.eval_dataset):
-            record = heldout.from_evaluate(metrics, name=name, when=self._after_epoch(epoch),
-                                           global_step=state.global_step)
-            if record is not None:
-                self._add_eval(record, log=False)
+        epoch = self.plan_guard.current_epoch or 0
+        self.reporter.report_evaluate(metrics, when=self._after_epoch(epoch), global_step=state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         """Stores the rounds done so far in the checkpoint Trainer just wrote, so a resume never calls a back-end."""
@@ -264,22 +256,17 @@ class MarsAugmentationCallback(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not checkpoint.is_dir():
             return
-        for entry in self.completed:
-            shutil.copyfile(self.evidence.round_dir(entry["round"]) / "synthetic.jsonl",
-                            checkpoint / f"mars_round_{entry['round']}_synthetic.jsonl")
-        write_json(checkpoint / MARS_STATE_FILE, {
-            "version": 2,
-            "completed_rounds": self.completed,
-            "refinements": {str(k): v.to_dict() for k, v in self.refinements.items()},
-            "summary": self.evidence.summary,
-            "example_weights": None if self.example_weights is None else self.example_weights.tolist(),
-        })
+        weights = self.example_weights
+        save_round_state(checkpoint, RoundState(
+            completed=self.completed, refinements=self.refinements, summary=self.evidence.summary,
+            example_weights=None if weights is None else weights.tolist()),
+            {entry["round"]: self.evidence.round_dir(entry["round"]) / "synthetic.jsonl" for entry in self.completed})
 
     # -------------------------------------------------------------- the round
 
-    def run_round(self, round_index: int, epoch: int) -> RoundResult:
-        """score -> allocate -> refine -> generate -> sample -> grow, then evidence and one console line."""
-        trainer, args = self.trainer, self.args
+    def run_round(self, round_index: int, epoch: int) -> RoundResult | None:
+        """score -> the strategy (allocate, refine, generate, sample) -> grow, then evidence and one console line."""
+        args = self.args
         start = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -303,43 +290,28 @@ class MarsAugmentationCallback(TrainerCallback):
             paraphrase_prompts=args.mars_paraphrase_prompts, distances=distances, labels=labels,
             refiner=self.refiner, refinements=self.refinements, used_pairs=self.used_pairs,
             generate_map=self.generate_map, timings=timings))
+        if result.loss_weights is not None:
+            self.set_example_weights(result.loss_weights)
         grow_start = time.perf_counter()
         self.grow(result.synthetic_rows)
         timings["tokenize"] = time.perf_counter() - grow_start
         timings["round_total"] = time.perf_counter() - start
         self.completed.append({"round": round_index, "epoch": epoch, "num_synthetic": len(result.synthetic_rows)})
-        if trainer.is_world_process_zero():
-            entry = {**result.summary, "epoch": epoch + 1, "timings": dict(timings), **self._backend_stats()}
-            self.evidence.write_round(round_index, result.allocation_rows, result.synthetic_rows, entry)
-            self._write_summary()
-            self.log_figures(round_figures(entry, len(trainer.train_dataset)))
-            tqdm.write(round_line(entry, len(trainer.train_dataset), timings["round_total"]))
+        summary = result.summary
+        summary.epoch, summary.timings, summary.backend = epoch + 1, dict(timings), self._backend_stats()
+        self.reporter.round_done(summary, result.allocation_rows, result.synthetic_rows,
+                                 seconds=timings["round_total"])
         return result
 
     def skip_round(self, round_index: int, epoch: int, error: NonFiniteRewardsError) -> None:
         """A round whose margins are not finite adds nothing: the allocation cannot rank NaNs. Training goes on
         (as `RewardTrainer` would, reporting NaN losses); the round is recorded as skipped, with the reason."""
-        reason = f"round {round_index} skipped: {error}"
         self.completed.append({"round": round_index, "epoch": epoch, "num_synthetic": 0, "skipped": str(error)})
-        if not self.trainer.is_world_process_zero():
-            return
-        logger.warning("MARS: %s", reason)
-        entry = {"round": round_index, "epoch": epoch + 1, "skipped": str(error), "synthetic_pairs_added": 0,
-                 "nonfinite_rewards": error.count, "timings": {}}
-        self.evidence.write_round(round_index, [], [], entry)
-        self._write_summary()
-        tqdm.write(f"[MARS] {reason}")
+        self.reporter.round_skipped(round_index, epoch, error)
 
     def log_figures(self, figures: dict[str, float]) -> None:
-        """Sends MARS figures to the trainer's loggers (`report_to`, `on_log` callbacks) without appending them to
-        `state.log_history`: code that reads Trainer's entries by position (`log_history[0]`, `[-1]`) finds them
-        where `RewardTrainer` puts them. The figures are kept in `self.log_history` and in `summary.json`."""
-        trainer = self.trainer
-        logs = dict(figures)
-        if trainer.state.epoch is not None:
-            logs["epoch"] = trainer.state.epoch
-        self.log_history.append({**logs, "step": trainer.state.global_step})
-        trainer.control = trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
+        """Sends figures to the trainer's loggers, outside `state.log_history` (see `RunReporter.log_figures`)."""
+        self.reporter.log_figures(figures)
 
     def score_margins(self, round_index: int) -> np.ndarray:
         """Delta_i = r^{t-1}(x_i, y_i+) - r^{t-1}(x_i, y_i-) on the original pairs, sharded across ranks."""
@@ -352,43 +324,13 @@ class MarsAugmentationCallback(TrainerCallback):
         return margins
 
     def after_scoring(self, round_index: int, margins: np.ndarray) -> None:
-        """Hook: sees each round's margins before allocation (e.g. AdaBoost loss weights). Default: nothing."""
+        """Hook: sees each round's margins before the strategy does. Default: nothing."""
 
     def augment(self, inputs: RoundInputs) -> RoundResult:
-        """Hook: the round's synthetic rows and evidence from its inputs, by `mars_strategy` (see module doc)."""
-        if self.args.mars_strategy == "adaboost":
-            result, weights = adaboost_round(inputs, self.args.mars_adaboost_beta)
-            self.set_example_weights(weights)
-            return result
-        if self.args.mars_strategy == "won":
-            from .west_of_n import west_of_n_round
-
-            return west_of_n_round(inputs, self.won_generator, self.score_responses,
-                                   candidates_per_draw=self.args.mars_won_candidates)
-        result = run_round(inputs)
-        if self._weights_originals:
-            probs = np.asarray(result.allocation.probs, dtype=np.float64)
-            self.set_example_weights(probs * probs.size)
-        return result
-
-    @property
-    def _weights_originals(self) -> bool:
-        return self.args.mars_weight_originals and self.args.mars_strategy in ("mars", "mars_nosem", "uniform")
-
-    @property
-    def _weights_synthetic(self) -> bool:
-        return self.args.mars_synthetic_weight != 1.0 and self.args.adds_pairs
-
-    @property
-    def _slot_count(self) -> int:
-        return int(self._weight_slots.max()) + 1 if len(self._weight_slots) else 0
-
-    @property
-    def _synthetic_slot_offset(self) -> int | None:
-        """`mars_synthetic_weight`: synthetic rows read their loss weight at slot `offset + source_index` (`grow`)."""
-        if not self._weights_synthetic or self._weight_slots is None:
-            return None
-        return self._slot_count
+        """Hook: the round's rows, loss weights and summary from its inputs; by default the strategy's `run`."""
+        services = RoundServices(score_responses=self.score_responses, won_generator=self.won_generator,
+                                 cache=self.cache)
+        return self.strategy.run(inputs, services)
 
     def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
         """r^{t-1}(x_i, y) for (tuple index i, response text y), tokenised as training tokenises (all ranks)."""
@@ -436,7 +378,7 @@ class MarsAugmentationCallback(TrainerCallback):
             columns = [c for c in ("prompt", "chosen", "rejected", "margin", SOURCE_INDEX) if c in rows[0]]
             new = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
             new = trainer._prepare_dataset(new, trainer.processing_class, trainer.args, "synthetic")
-        offset = self._synthetic_slot_offset
+        offset = None if self.loss_weights is None else self.loss_weights.synthetic_offset
         if offset is not None:  # synthetic rows read their own loss-weight slots
             shifted = [offset + int(i) for i in column_values(new, SOURCE_INDEX)]
             new = new.remove_columns(SOURCE_INDEX).add_column(SOURCE_INDEX, shifted)
@@ -447,7 +389,7 @@ class MarsAugmentationCallback(TrainerCallback):
         for row in rows:
             self.used_pairs.setdefault(row["source_index"], set()).add(
                 pair_key(response_text(row["chosen"]), response_text(row["rejected"])))
-        self.dataset_version += 1
+        self.plan_guard.dataset_changed()
 
     def semantic_labels(self) -> tuple[np.ndarray, list[str]]:
         """Distances and labels of the original pairs, once per run, on the main process (docs/architecture.md, step 4)."""
@@ -483,27 +425,9 @@ class MarsAugmentationCallback(TrainerCallback):
                                    accelerator=_LocalAccelerator(trainer.accelerator), desc="MARS: checking rewrites")
         return [bool(m > 0) for m in margins]
 
-    # ------------------------------------------------------- held-out report
-
     def report_heldout(self, when: str) -> None:
         """Pairwise accuracy and margin SNR on each eval set, printed once and logged."""
-        for name, dataset in heldout.named_eval_datasets(self.trainer.eval_dataset):
-            if not isinstance(dataset, Dataset):  # a streamed eval set cannot be scored without consuming it
-                continue
-            record = heldout.score_heldout(self.trainer, dataset, name=name, when=when,
-                                           batch_size=self.args.mars_scoring_batch_size if self.args else 64)
-            self._add_eval(record, log=True)
-
-    def _add_eval(self, record: dict[str, Any], *, log: bool) -> None:
-        if not self.trainer.is_world_process_zero():
-            return
-        tqdm.write(eval_line(record))
-        if self.evidence is not None:
-            self.evidence.add_eval(record)
-            if self.enabled:
-                self._write_summary()
-        if log:
-            self.log_figures(heldout.figures(record))
+        self.reporter.report_heldout(when, batch_size=self.args.mars_scoring_batch_size if self.args else 64)
 
     # ------------------------------------------------------ resume and checks
 
@@ -512,69 +436,30 @@ class MarsAugmentationCallback(TrainerCallback):
         trainer = self.trainer
         trainer.train_dataset = self.base_train
         self.completed, self.refinements, self.used_pairs = [], {}, {}
-        if self.example_weights is not None:  # 'adaboost': all 1 again until a round says otherwise
-            self.set_example_weights(np.ones(len(self._weight_slots)))
-        self.dataset_version += 1
-        self.planned_max_steps = self.resume_position = self._expected_resume = None
+        if self.loss_weights is not None:  # all 1 again until a round says otherwise
+            self.loss_weights.reset()
+        self.plan_guard.reset()
         if checkpoint is None:
             return
-        state_file = Path(checkpoint) / MARS_STATE_FILE
-        if not state_file.is_file():
-            raise FileNotFoundError(
-                f"{checkpoint} has no {MARS_STATE_FILE}: it was not written with MARS rounds, so the synthetic pairs "
-                "of its rounds are unknown. Resume from a checkpoint of a MARS run or start afresh.")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        for entry in state["completed_rounds"]:
-            self.grow(read_jsonl(Path(checkpoint) / f"mars_round_{entry['round']}_synthetic.jsonl"))
+        state = load_round_state(checkpoint)
+        for entry in state.completed:
+            self.grow(state.synthetic_rows[entry["round"]])
             self.completed.append(entry)
-        self.refinements = {int(k): RefinementResult(**v) for k, v in state.get("refinements", {}).items()}
-        self.evidence.summary = state.get("summary", self.evidence.summary)
-        if state.get("example_weights") is not None:
+        self.refinements = state.refinements
+        if state.summary is not None:
+            self.evidence.summary = state.summary
+        if state.example_weights is not None:
             import torch
 
-            self.example_weights = torch.tensor(state["example_weights"], dtype=torch.float32)
+            self.loss_weights.table = torch.tensor(state.example_weights, dtype=torch.float32)
         if trainer.is_world_process_zero():
             logger.info("MARS: resumed with %d completed rounds (%d training pairs).", len(self.completed),
                         len(trainer.train_dataset))
 
-    def epoch_started(self, epoch: int, train_pairs: int, resumed_at: tuple[int, int] | None) -> None:
-        """Called by the loop adapter as each epoch starts; checks a resumed run's position at once."""
-        self._epochs_run[epoch] = train_pairs
-        if resumed_at is not None and self._expected_resume is not None and epoch == resumed_at[0]:
-            epochs, updates = self._expected_resume
-            steps = 0 if self.args.ignore_data_skip else updates * self.args.gradient_accumulation_steps
-            if (self.resume_position is None or tuple(resumed_at) != (epochs, steps)):
-                raise RoundPlanError(
-                    f"resumed at epoch {resumed_at[0]}, step {resumed_at[1]} but the plan says epoch {epochs}, step "
-                    f"{steps}: Trainer did not call the adapter's `_init_training_state`. {_UPGRADE_HINT}")
-
     def check_plan(self, state, *, final: bool = False) -> None:
         """Raises `RoundPlanError` if rounds, epoch sizes or the step count differ from the plan."""
-        if not self.enabled:
-            return
-        problems = []
-        if self.planned_max_steps is None and self.args.max_steps <= 0:
-            problems.append("the total number of steps was not planned (`set_initial_training_values` not called)")
-        sizes = self.schedule.epoch_sizes(self.added)
-        for epoch in self._epochs_begun:
-            if epoch not in self._epochs_run:
-                problems.append(f"epoch {epoch + 1} did not run through the adapter's `_run_epoch`")
-            elif self._epochs_run[epoch] != sizes[epoch]:
-                problems.append(f"epoch {epoch + 1} trained on {self._epochs_run[epoch]} pairs, planned {sizes[epoch]}")
-        due = {t for e in self._epochs_begun for t in self.schedule.rounds_due(e)}
-        due |= {t for t, e in enumerate(self.schedule.round_epochs, start=1) if self._epochs_begun and
-                e < self._epochs_begun[0]}
-        ran = set(self.added)
-        if due != ran:
-            problems.append(f"rounds planned so far {sorted(due)} but rounds run {sorted(ran)}")
-        planned_steps = self.schedule.max_steps(self.added)
-        if final and self.args.max_steps <= 0 and state.max_steps != planned_steps:
-            problems.append(f"the run was sized for {state.max_steps} steps, the plan has {planned_steps}")
-        if final and not problems and self._epochs_begun and self.schedule.num_epochs - 1 in self._epochs_begun \
-                and self.args.max_steps <= 0 and state.global_step != planned_steps:
-            problems.append(f"{state.global_step} steps ran, the plan has {planned_steps}")
-        if problems:
-            raise RoundPlanError("MARS round plan not followed: " + "; ".join(problems) + f". {_UPGRADE_HINT}")
+        if self.enabled:
+            self.plan_guard.check(self.schedule, self.added, state, max_steps=self.args.max_steps, final=final)
 
     # ---------------------------------------------------------------- helpers
 
@@ -584,16 +469,6 @@ class MarsAugmentationCallback(TrainerCallback):
     def _after_epoch(self, epoch: int) -> str:
         return f"after epoch {epoch + 1}" + (f" (round {len(self.completed)})" if self.enabled and self.completed
                                              else "")
-
-    def _record_epoch_time(self, epoch: int, seconds: float) -> None:
-        last = self.evidence.last_round()
-        if last is None or last["epoch"] != epoch + 1 or not self.trainer.is_world_process_zero():
-            return
-        last["timings"]["train_epoch"] = seconds
-        outside = sum(v for k, v in last["timings"].items()
-                      if k not in ("paraphrase", "refine", "train_epoch", "round_total"))
-        last["overhead_share_excluding_generation"] = outside / seconds if seconds else None
-        self._write_summary()
 
     def _backend_stats(self) -> dict[str, Any]:
         entry: dict[str, Any] = {}
@@ -608,17 +483,6 @@ class MarsAugmentationCallback(TrainerCallback):
         if self.cache is not None:
             entry["cache"] = {"hits": self.cache.hits, "misses": self.cache.misses}
         return entry
-
-    def _write_summary(self) -> None:
-        if not self.trainer.is_world_process_zero():
-            return
-        truncated = getattr(self.trainer, "_mars_truncated", {})
-        self.evidence.write_summary(config={k: v for k, v in self.args.to_dict().items() if k.startswith("mars_")},
-                                    truncated_examples=dict(truncated))
-
-
-_UPGRADE_HINT = ("This happens when a transformers release changes the Trainer internals trl_mars.loop adapts "
-                 "(see trl_mars.loop.SUPPORTED_TRANSFORMERS), or when a subclass bypasses them.")
 
 
 def _budget(num_originals: int, ratio: float) -> int:
@@ -643,46 +507,6 @@ def _originals_from(dataset: Dataset, tokenizer) -> list[dict[str, Any]]:
     columns = {c: column_values(dataset, c) for c in ("prompt", "chosen", "rejected")}
     return [{"prompt": p, "chosen": strip(c), "rejected": strip(r)}
             for p, c, r in zip(columns["prompt"], columns["chosen"], columns["rejected"])]
-
-
-class _QuietProgressCallback(ProgressCallback):
-    """Trainer's progress bar, minus raw `mars/*` dicts (the round prints its own line) and with a total that
-    follows a re-planned `max_steps`, so the bar ends at 100%."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and self.training_bar.total != state.max_steps:
-            self.training_bar.total = state.max_steps
-            self.training_bar.refresh()
-        super().on_step_end(args, state, control, **kwargs)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = _console_logs(logs)
-        if logs:
-            super().on_log(args, state, control, logs=logs, **kwargs)
-
-
-class _QuietPrinterCallback(PrinterCallback):
-    """`PrinterCallback` (used with `disable_tqdm`) minus raw `mars/*` dicts."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = _console_logs(logs)
-        if logs:
-            super().on_log(args, state, control, logs=logs, **kwargs)
-
-
-def _console_logs(logs: dict | None) -> dict:
-    """`logs` without the figures MARS prints as its own lines; empty when nothing else is left to show."""
-    kept = {k: v for k, v in (logs or {}).items()
-            if not (k.startswith("mars/") or k.endswith("_pairwise_accuracy") or k.endswith("_margin_snr"))}
-    return kept if set(kept) - {"epoch", "num_input_tokens_seen", "step"} else {}
-
-
-def _quiet_console_printers(trainer: Trainer) -> None:
-    for plain, quiet in ((ProgressCallback, _QuietProgressCallback), (PrinterCallback, _QuietPrinterCallback)):
-        present = [cb for cb in trainer.callback_handler.callbacks if type(cb) is plain]
-        for callback in present:
-            trainer.callback_handler.remove_callback(callback)
-            trainer.callback_handler.add_callback(quiet())
 
 
 class _LocalAccelerator:

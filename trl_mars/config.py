@@ -31,10 +31,8 @@ check_trl_version()
 
 from trl import RewardConfig  # noqa: E402  (after the version check: an older TRL fails with the fix, not here)
 
-# Strategies the trainer knows. A name added here before it is built goes into `_PLANNED`, so it fails at
-# configuration time with a clear message instead of half-running.
+# The built-in strategies (the CLI's choices); `trl_mars.strategies.register_strategy` adds more for Python users.
 STRATEGIES = ("mars", "mars_nosem", "uniform", "adaboost", "won", "none")
-_PLANNED: tuple[str, ...] = ()
 WON_GENERATORS = ("paraphrase", "causal_lm", "chat")
 PARAPHRASERS = ("lexical", "seq2seq", "chat", "local")
 REFINERS = ("none", "chat", "local")
@@ -430,13 +428,11 @@ class MarsRewardConfig(RewardConfig):
             if value not in allowed:
                 raise ValueError(f"`{name}={value!r}` is not one of {list(allowed)}. Set `--{name}` to one of them.")
 
-        choice("mars_strategy", STRATEGIES)
+        if self.mars_strategy != "none":
+            from .strategies import strategy_names
+
+            choice("mars_strategy", (*strategy_names(), "none"))
         choice("mars_won_generator", WON_GENERATORS)
-        if self.mars_strategy in _PLANNED:
-            raise ValueError(
-                f"`mars_strategy={self.mars_strategy!r}` is a planned baseline that this version does not implement "
-                "yet. Use one of " + ", ".join(repr(s) for s in STRATEGIES if s not in _PLANNED) + "."
-            )
         choice("mars_margin_mode", MARGIN_MODES)
         choice("mars_margin_scale", MARGIN_SCALES)
         if self.mars_max_budget_share is not None and not (
@@ -540,21 +536,33 @@ class MarsRewardConfig(RewardConfig):
         return self.mars_strategy != "none"
 
     @property
+    def strategy_class(self):
+        """The `trl_mars.strategies.RoundStrategy` subclass of `mars_strategy` (None for 'none')."""
+        from .strategies import strategy_class
+
+        return None if self.mars_strategy == "none" else strategy_class(self.mars_strategy)
+
+    @property
     def generates_with_paraphraser(self) -> bool:
         """Whether rounds call the paraphrase back-end (AdaBoost generates nothing, West-of-N only for its pool)."""
-        return self.mars_strategy in ("mars", "mars_nosem", "uniform") or (
-            self.mars_strategy == "won" and self.mars_won_generator == "paraphrase")
+        return self.mars_enabled and self.strategy_class.uses_paraphraser(self)
 
     @property
     def adds_pairs(self) -> bool:
         """Whether rounds add synthetic pairs to D^t ('adaboost' only reweights, 'none' runs no round)."""
-        return self.mars_strategy not in ("none", "adaboost")
+        return self.mars_enabled and self.strategy_class.adds_pairs
 
     @property
     def uses_semantic_labels(self) -> bool:
         """Semantic distance labels (and so the embedding model) are needed: strategy 'mars' with a refiner. They
         only choose which pairs the refiner rewrites; with `mars_refiner="none"` nothing reads them."""
-        return self.mars_strategy == "mars" and self.mars_refiner != "none"
+        return self.mars_enabled and self.strategy_class.uses_semantic_labels(self)
+
+    @property
+    def sets_loss_weights(self) -> bool:
+        """Whether rounds change per-tuple loss weights ('adaboost', or `mars_weight_originals` on a MARS-family
+        strategy), so the trainer needs the weighted loss."""
+        return self.mars_enabled and self.strategy_class.sets_loss_weights(self)
 
     @property
     def effective_mars_seed(self) -> int:

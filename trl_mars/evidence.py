@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .strategies import RoundSummary
+
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     path = Path(path)
@@ -58,10 +60,12 @@ class Evidence:
     def round_dir(self, round_index: int) -> Path:
         return self.directory / f"round_{round_index}"
 
-    def write_round(self, round_index: int, allocation_rows, synthetic_rows, entry: dict[str, Any]) -> None:
-        write_jsonl(self.round_dir(round_index) / "allocation.jsonl", allocation_rows)
-        write_jsonl(self.round_dir(round_index) / "synthetic.jsonl", synthetic_rows)
-        self.summary["rounds"] = [r for r in self.summary["rounds"] if r["round"] != round_index] + [entry]
+    def write_round(self, summary: RoundSummary | dict[str, Any], allocation_rows, synthetic_rows) -> None:
+        """The round's files, and its entry in the summary (replacing an earlier entry of the same round)."""
+        entry = summary.to_dict() if isinstance(summary, RoundSummary) else summary
+        write_jsonl(self.round_dir(entry["round"]) / "allocation.jsonl", allocation_rows)
+        write_jsonl(self.round_dir(entry["round"]) / "synthetic.jsonl", synthetic_rows)
+        self.summary["rounds"] = [r for r in self.summary["rounds"] if r["round"] != entry["round"]] + [entry]
 
     def last_round(self) -> dict[str, Any] | None:
         return self.summary["rounds"][-1] if self.summary["rounds"] else None
@@ -74,41 +78,41 @@ class Evidence:
         write_json(self.directory / "summary.json", self.summary)
 
 
-def round_figures(entry: dict[str, Any], train_pairs: int) -> dict[str, float]:
+def round_figures(summary: RoundSummary, train_pairs: int) -> dict[str, float]:
     """The round's figures as flat `mars/*` scalars for `report_to` loggers (TensorBoard, W&B, ...)."""
-    margin = entry["margin"]
+    margin = summary.margin
     figures = {
-        "mars/round": entry["round"],
+        "mars/round": summary.round,
         "mars/margin_mean": margin["mean"],
         "mars/margin_std": margin["std"],
         "mars/margin_snr": margin["snr"] if margin["snr"] is not None else math.nan,
         "mars/fraction_negative": margin["fraction_negative"],
-        "mars/allocation_entropy": entry["allocation_entropy"],
-        "mars/synthetic_pairs_added": entry["synthetic_pairs_added"],
-        "mars/budget_moved": entry.get("budget_moved", 0),
+        "mars/allocation_entropy": summary.allocation_entropy,
+        "mars/synthetic_pairs_added": summary.synthetic_pairs_added,
+        "mars/budget_moved": summary.budget_moved or 0,
         "mars/train_pairs": train_pairs,
     }
-    figures.update({f"mars/time_{k}": v for k, v in entry.get("timings", {}).items()})
+    figures.update({f"mars/time_{k}": v for k, v in (summary.timings or {}).items()})
     return figures
 
 
-def round_line(entry: dict[str, Any], train_pairs: int, seconds: float) -> str:
+def round_line(summary: RoundSummary, train_pairs: int, seconds: float) -> str:
     """One line per round for the person watching the console."""
-    margin = entry["margin"]
-    moved = entry.get("budget_moved", 0)
-    short = entry.get("pairs_short_of_budget", 0)
+    margin = summary.margin
+    moved = summary.budget_moved or 0
+    short = summary.pairs_short_of_budget
     notes = "".join([f", {moved} budget moved" if moved else "", f", {short} short of budget" if short else ""])
-    fidelity = entry.get("paraphraser_stats", {})
+    fidelity = summary.backend.get("paraphraser_stats", {})
     if "fidelity_kept" in fidelity:  # cumulative over the run, like every back-end counter
         notes += (f", fidelity filter kept {fidelity['fidelity_kept']} paraphrases, dropped "
                   f"{fidelity['fidelity_too_far']} too far + {fidelity['fidelity_near_copy']} near-copies (run total)")
-    if "weights" in entry:  # adaboost: the round changes loss weights, not data
-        weights = entry["weights"]
+    if summary.weights is not None:  # adaboost: the round changes loss weights, not data
+        weights = summary.weights
         notes += (f", loss weights {weights['min']:.2f}..{weights['max']:.2f} "
                   f"(effective sample size {weights['effective_sample_size']:.0f})")
-    return (f"[MARS] round {entry['round']} (epoch {entry['epoch']}): train margin mean {margin['mean']:+.3f}, "
-            f"{margin['fraction_negative']:.0%} mis-ranked, allocation entropy {entry['allocation_entropy']:.2f}/"
-            f"{entry['allocation_entropy_uniform']:.2f}, +{entry['synthetic_pairs_added']} synthetic pairs{notes} "
+    return (f"[MARS] round {summary.round} (epoch {summary.epoch}): train margin mean {margin['mean']:+.3f}, "
+            f"{margin['fraction_negative']:.0%} mis-ranked, allocation entropy {summary.allocation_entropy:.2f}/"
+            f"{summary.allocation_entropy_uniform:.2f}, +{summary.synthetic_pairs_added} synthetic pairs{notes} "
             f"-> {train_pairs} training pairs ({seconds:.1f}s)")
 
 

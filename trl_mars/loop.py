@@ -136,7 +136,7 @@ class GrowingDatasetLoop:
         plan, added = self._mars_callback.schedule, self._mars_callback.added
         values[3] = plan.samples(added)
         values[6] = plan.max_steps(added)
-        self._mars_callback.planned_max_steps = values[6]
+        self._mars_callback.plan_guard.planned_max_steps = values[6]
         return tuple(values)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
@@ -148,26 +148,28 @@ class GrowingDatasetLoop:
             epochs_trained, updates_done = self._mars_callback.schedule.position(self.state.global_step,
                                                                                  self._mars_callback.added)
             steps_in_epoch = 0 if self.args.ignore_data_skip else updates_done * self.args.gradient_accumulation_steps
-            self._mars_callback.resume_position = (epochs_trained, steps_in_epoch)
+            self._mars_callback.plan_guard.resume_position = (epochs_trained, steps_in_epoch)
         return epochs_trained, steps_in_epoch
 
     def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, **kwargs):
         """Runs the epoch on the grown dataset (the round ran in `on_epoch_begin`) with its own step counts."""
         if self._mars_active():
-            callback = self._mars_callback
-            if callback.loader_version != callback.dataset_version:
-                callback.loader = self.get_train_dataloader()
-                callback.loader_version = callback.dataset_version
-                self.callback_handler.train_dataloader = callback.loader
-            if callback.loader is not None:
-                train_dataloader = callback.loader
+            callback, guard = self._mars_callback, self._mars_callback.plan_guard
+            if guard.loader_version != guard.dataset_version:
+                guard.loader = self.get_train_dataloader()
+                guard.loader_version = guard.dataset_version
+                self.callback_handler.train_dataloader = guard.loader
+            if guard.loader is not None:
+                train_dataloader = guard.loader
             steps_in_epoch = len(train_dataloader)
             num_update_steps_per_epoch = max(1, -(-steps_in_epoch // self.args.gradient_accumulation_steps))
             if self.args.max_steps <= 0:
                 self._mars_replan(callback.schedule.max_steps(callback.added))
-            callback.epoch_started(epoch, callback.schedule.pairs_in_epoch(len(self.train_dataset)),
-                                   (kwargs.get("epochs_trained"), kwargs.get("steps_trained_in_current_epoch"))
-                                   if kwargs.get("resume_from_checkpoint") is not None else None)
+            guard.epoch_started(epoch, steps_in_epoch,
+                                (kwargs.get("epochs_trained"), kwargs.get("steps_trained_in_current_epoch"))
+                                if kwargs.get("resume_from_checkpoint") is not None else None,
+                                ignore_data_skip=self.args.ignore_data_skip,
+                                gradient_accumulation_steps=self.args.gradient_accumulation_steps)
         return super()._run_epoch(model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch,
                                   **kwargs)
 

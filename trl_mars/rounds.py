@@ -1,6 +1,7 @@
 """One MARS augmentation round, from margins to synthetic rows (docs/architecture.md, steps 2-6), read top to bottom.
 
-`run_round(RoundInputs)` is the whole round; each stage is a named block timed into `inputs.timings`:
+`run_round(RoundInputs)` is the whole round (`MarsStrategy` runs it as the 'mars', 'mars_nosem' and 'uniform'
+strategies of `trl_mars.strategies`); each stage is a named block timed into `inputs.timings`:
 
     allocate  (steps 2-3)  margins -> q_i -> integer budgets b_i, split n_i+ / n_i-
     refine    (step 5)     low-distance tuples with budget: rewrite once per run, keep only improving rewrites
@@ -28,29 +29,22 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .allocation import Allocation, allocate, allocation_entropy, margin_statistics, total_budget
-from .augment.base import Paraphraser, RefinementRequest, RefinementResult, Refiner, paraphrase_requests
+from .augment.base import RefinementRequest, paraphrase_requests
 from .augment.pool import operation_for, pool_size, sample_pairs
 from .data import prompt_text, response_text, with_response_text
-from .evidence import read_jsonl, write_json, write_jsonl  # noqa: F401  (re-exported for older imports)
+from .strategies import RoundInputs, RoundResult, RoundServices, RoundStrategy, RoundSummary
 
 logger = logging.getLogger("trl_mars")
 # How many paraphrased prompt variants a tuple gets at most when `mars_paraphrase_prompts` is on.
 PROMPT_VARIANTS = 2
-
-GenerateMap = Callable[[Callable[[list], list], list], list]
-
-
-def run_here(fn: Callable[[list], list], items: list) -> list:
-    """The single-process `generate_map`: run `fn` on all items here."""
-    return fn(items) if items else []
 
 
 def pair_key(chosen: str, rejected: str) -> str:
@@ -58,49 +52,28 @@ def pair_key(chosen: str, rejected: str) -> str:
     return json.dumps([chosen, rejected], ensure_ascii=False)
 
 
-@dataclass
-class RoundInputs:
-    """Everything one round reads (and the two pieces of run state it updates: `refinements`, `used_pairs`).
+class MarsStrategy(RoundStrategy):
+    """'mars', 'mars_nosem' and 'uniform': the round of this module (allocation by `inputs.strategy`).
 
-    `originals` are explicit-prompt rows (prompt/chosen/rejected, text or chat messages), `margins` the current
-    model's r(x, y+) - r(x, y-) on them. `distances`/`labels` are the semantic step's output (None unless the
-    strategy uses them). `refinements` maps tuple index -> its refinement (a tuple is refined at most once per run;
-    later rounds paraphrase the kept rewrite). `used_pairs` maps tuple index -> `pair_key`s already trained on;
-    tuples missing from it start with their original pair.
+    With `mars_weight_originals`, the round also returns loss weights N q_i for the original tuples (mean 1), so
+    the low-margin tuples that get the budget also weigh more in the loss.
     """
 
-    round_index: int
-    originals: Sequence[dict[str, Any]]
-    margins: np.ndarray
-    paraphraser: Paraphraser
-    strategy: str = "mars"
-    tau: float = 0.5
-    margin_mode: str = "signed"
-    margin_scale: str = "none"
-    max_budget_share: float | None = None
-    budget_ratio: float = 5.0
-    rounding: str = "largest_remainder"
-    seed: int = 0
-    paraphrase_prompts: bool = False
-    distances: np.ndarray | None = None
-    labels: Sequence[str] | None = None
-    refiner: Refiner | None = None
-    refinements: dict[int, RefinementResult] = field(default_factory=dict)
-    used_pairs: dict[int, set[str]] = field(default_factory=dict)
-    generate_map: GenerateMap = run_here
-    timings: dict[str, float] = field(default_factory=dict)
+    @classmethod
+    def uses_semantic_labels(cls, args) -> bool:
+        # the labels only choose which pairs the refiner rewrites; without one nothing reads them
+        return args.mars_strategy == "mars" and args.mars_refiner != "none"
 
+    @classmethod
+    def sets_loss_weights(cls, args) -> bool:
+        return bool(args.mars_weight_originals)
 
-@dataclass
-class RoundResult:
-    """Everything one round produced; `summary` is what goes into summary.json and the trainer's logger."""
-
-    round: int
-    allocation: Allocation
-    allocation_rows: list[dict[str, Any]]
-    synthetic_rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    timings: dict[str, float] = field(default_factory=dict)
+    def run(self, inputs: RoundInputs, services: RoundServices) -> RoundResult:
+        result = run_round(inputs)
+        if self.sets_loss_weights(self.args):
+            probs = np.asarray(result.allocation.probs, dtype=np.float64)
+            result.loss_weights = probs * probs.size
+        return result
 
 
 @dataclass
@@ -229,21 +202,21 @@ def run_round(inputs: RoundInputs) -> RoundResult:
             "semantic_label": None if inputs.labels is None else inputs.labels[i],
             "refined": None if result is None else bool(result.accepted),
         })
-    summary = {
-        "round": inputs.round_index,
-        "num_original_pairs": n,
-        "margin": margin_statistics(allocation.margins),
-        "allocation_entropy": allocation_entropy(allocation.probs),
-        "allocation_entropy_uniform": float(np.log(n)) if n else 0.0,
-        "budget": budget,
-        "synthetic_pairs_added": len(rows),
-        "pairs_short_of_budget": budget - len(rows),
-        "budget_moved": sum(moved_out.values()),
-        "tuples_short_of_budget": len(moved_out),
-        "tuples_given_moved_budget": len(moved_in),
-        "tuples_augmented": len(active),
-        "operations": dict(sorted(_count(row["operation"] for row in rows).items())),
-    }
+    summary = RoundSummary(
+        round=inputs.round_index,
+        num_original_pairs=n,
+        margin=margin_statistics(allocation.margins),
+        allocation_entropy=allocation_entropy(allocation.probs),
+        allocation_entropy_uniform=float(np.log(n)) if n else 0.0,
+        budget=budget,
+        synthetic_pairs_added=len(rows),
+        pairs_short_of_budget=budget - len(rows),
+        budget_moved=sum(moved_out.values()),
+        tuples_short_of_budget=len(moved_out),
+        tuples_given_moved_budget=len(moved_in),
+        tuples_augmented=len(active),
+        operations=dict(sorted(_count(row["operation"] for row in rows).items())),
+    )
     return RoundResult(round=inputs.round_index, allocation=allocation, allocation_rows=allocation_rows,
                        synthetic_rows=rows, summary=summary, timings=timings)
 

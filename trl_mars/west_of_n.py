@@ -36,13 +36,11 @@ import numpy as np
 from .allocation import Allocation, allocation_entropy, margin_statistics, split_budget, total_budget, uniform_budgets
 from .augment.base import Paraphraser
 from .data import prompt_text, response_text, with_response_text
-from .rounds import RoundInputs, RoundResult, pair_key
+from .rounds import pair_key
+from .strategies import RoundInputs, RoundResult, RoundServices, RoundStrategy, RoundSummary, ScoreResponses
 
 # A best-vs-worst gap at or below this is no preference at all (equal texts, or the model cannot tell them apart).
 MIN_SCORE_GAP = 1e-6
-
-# (original tuple index, response text) pairs -> the current model's reward of that response to that tuple's prompt
-ScoreResponses = Callable[[Sequence[tuple[int, str]]], np.ndarray]
 
 
 @runtime_checkable
@@ -209,6 +207,18 @@ def west_of_n_pairs(scores_per_prompt: Sequence[Sequence[float]], draws_per_prom
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class WestOfNStrategy(RoundStrategy):
+    """'won': generated candidates scored by r^{t-1}, best vs worst of each draw (`west_of_n_round`)."""
+
+    @classmethod
+    def uses_paraphraser(cls, args) -> bool:
+        return args.mars_won_generator == "paraphrase"  # its candidate pool is paraphrases of the two responses
+
+    def run(self, inputs: RoundInputs, services: RoundServices) -> RoundResult:
+        return west_of_n_round(inputs, services.won_generator, services.score_responses,
+                               candidates_per_draw=self.args.mars_won_candidates)
+
+
 def west_of_n_round(inputs: RoundInputs, generator: CandidateGenerator, score: ScoreResponses, *,
                     candidates_per_draw: int) -> RoundResult:
     """One West-of-N round: generate, score, pair best vs worst per draw; rows and evidence as a MARS round."""
@@ -296,18 +306,18 @@ def west_of_n_round(inputs: RoundInputs, generator: CandidateGenerator, score: S
     n_chosen, n_rejected = split_budget(budgets)
     allocation = Allocation(margins=margins, probs=np.full(n, 1.0 / n), budgets=budgets, n_chosen=n_chosen,
                             n_rejected=n_rejected)
-    summary = {
-        "round": inputs.round_index,
-        "num_original_pairs": n,
-        "margin": margin_statistics(margins),
-        "allocation_entropy": allocation_entropy(allocation.probs),
-        "allocation_entropy_uniform": float(math.log(n)),
-        "budget": budget,
-        "synthetic_pairs_added": len(rows),
-        "pairs_short_of_budget": budget - len(rows),
-        "tuples_augmented": sum(1 for row in allocation_rows if row["pairs_added"]),
-        "operations": {"won": len(rows)} if rows else {},
-        "won": {
+    summary = RoundSummary(
+        round=inputs.round_index,
+        num_original_pairs=n,
+        margin=margin_statistics(margins),
+        allocation_entropy=allocation_entropy(allocation.probs),
+        allocation_entropy_uniform=float(math.log(n)),
+        budget=budget,
+        synthetic_pairs_added=len(rows),
+        pairs_short_of_budget=budget - len(rows),
+        tuples_augmented=sum(1 for row in allocation_rows if row["pairs_added"]),
+        operations={"won": len(rows)} if rows else {},
+        won={
             "generator": generator.name,
             "candidates_per_draw": candidates_per_draw,
             "candidates_wanted": int(sum(wanted)),
@@ -319,6 +329,6 @@ def west_of_n_round(inputs: RoundInputs, generator: CandidateGenerator, score: S
             "draws_without_new_pair": sum(1 for i in range(n) for p, f in zip(pairs[i], plain[i])
                                           if p is None and f is not None),
         },
-    }
+    )
     return RoundResult(round=inputs.round_index, allocation=allocation, allocation_rows=allocation_rows,
                        synthetic_rows=rows, summary=summary, timings=timings)
