@@ -66,7 +66,7 @@ def test_the_built_in_strategies_are_the_registered_ones():
 
 
 def test_unknown_strategy_names_fail_with_the_registered_ones(tmp_path):
-    with pytest.raises(ValueError, match="mars_strategy=.nope. is not one of"):
+    with pytest.raises(ValueError, match="mars_strategy='nope'. is not one of"):
         mars_args(tmp_path, mars_strategy="nope")
     with pytest.raises(TypeError, match="not a RoundStrategy"):
         register_strategy("bad")(object)

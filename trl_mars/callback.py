@@ -53,7 +53,7 @@ from .plan_guard import PlanGuard
 from .reporting import RunReporter, quiet_console_printers
 from .rounds import pair_key
 from .schedule import RoundSchedule, round_epochs
-from .scoring import NonFiniteRewardsError, score_margins, score_sequences
+from .scoring import LocalAccelerator, NonFiniteRewardsError, score_margins, score_sequences
 from .strategies import RoundInputs, RoundResult, RoundServices, RoundStrategy, build_strategy
 
 logger = logging.getLogger("trl_mars")
@@ -191,7 +191,7 @@ class MarsAugmentationCallback(TrainerCallback):
         from .augment.factory import build_cache, build_embedder, build_paraphraser, build_refiner
 
         args = args or self.args
-        if not args.adds_pairs:  # 'adaboost': generates nothing
+        if not args.adds_pairs:  # e.g. 'adaboost': generates nothing
             return self.paraphraser, self.embedder, self.refiner
         if self.cache is None:
             self.cache = build_cache(args)
@@ -422,7 +422,8 @@ class MarsAugmentationCallback(TrainerCallback):
         margins, _ = score_margins(trainer.model, [fit(t["chosen_ids"]) for t in tokenized],
                                    [fit(t["rejected_ids"]) for t in tokenized], pad_token_id=tokenizer.pad_token_id,
                                    batch_size=self.args.mars_scoring_batch_size,
-                                   accelerator=_LocalAccelerator(trainer.accelerator), desc="MARS: checking rewrites")
+                                   accelerator=LocalAccelerator.view_of(trainer.accelerator),
+                                   desc="MARS: checking rewrites")
         return [bool(m > 0) for m in margins]
 
     def report_heldout(self, when: str) -> None:
@@ -507,15 +508,3 @@ def _originals_from(dataset: Dataset, tokenizer) -> list[dict[str, Any]]:
     columns = {c: column_values(dataset, c) for c in ("prompt", "chosen", "rejected")}
     return [{"prompt": p, "chosen": strip(c), "rejected": strip(r)}
             for p, c, r in zip(columns["prompt"], columns["chosen"], columns["rejected"])]
-
-
-class _LocalAccelerator:
-    """An accelerator view that scores on this process alone (for per-rank work such as label checks)."""
-
-    num_processes = 1
-    process_index = 0
-
-    def __init__(self, accelerator):
-        self.device = accelerator.device
-        self.autocast = accelerator.autocast
-        self.is_local_main_process = accelerator.is_local_main_process

@@ -4,7 +4,8 @@ Why an adapter at all: `Trainer._inner_training_loop` builds the train dataloade
 epoch's step counts, as local variables into `_run_epoch`; the total number of steps (and so the LR schedule) is
 fixed from the first epoch's length in `set_initial_training_values`; and a resumed run finds its epoch as
 `global_step // steps_per_epoch`. No callback event can change any of these, so MARS needs exactly these overrides,
-each small, each checked at run time by `MarsAugmentationCallback` (rounds that ran vs the plan):
+each small, each checked at run time by `trl_mars.plan_guard.PlanGuard` (rounds, epoch batches and steps vs the
+plan; the guard also holds the state shared with these overrides):
 
 - `set_initial_training_values`: the total steps are the sum of the planned, growing epoch lengths;
 - `_init_training_state`: a resumed run lands in the right epoch and step of epochs of different lengths;
