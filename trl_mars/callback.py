@@ -12,8 +12,9 @@ epoch onto the grown dataset needs Trainer internals no callback event reaches: 
 the rounds that ran, the epoch sizes and the step count match the plan, so a transformers release that stops calling
 the adapter fails loudly instead of training without augmentation.
 
-The callback does the Trainer-side work of a round (scoring with r^{t-1} on every rank, sharding generation, growing
-D^t, loss weights) and leaves the rest to its collaborators:
+The callback handles Trainer's events, grows D^t and applies loss weights, and leaves the rest to its collaborators:
+- `trl_mars.trainer_services.TrainerServices`: scoring with r^{t-1}, sharding generation across ranks, semantic labels
+  computed once and broadcast;
 - the strategy (`trl_mars.strategies`, chosen by `mars_strategy`): the round's rows and/or loss weights;
 - `trl_mars.reporting.RunReporter`: console lines, logger figures, held-out reports, evidence files;
 - `trl_mars.checkpoint`: the rounds inside Trainer's checkpoints;
@@ -38,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset, concatenate_datasets
 from transformers import Trainer, TrainerCallback
 
@@ -46,15 +46,16 @@ from .adaboost import SOURCE_INDEX, LossWeightTable, SourceIndexCollator, with_w
 from .augment.base import RefinementResult
 from .checkpoint import RoundState, load_round_state, save_round_state
 from .config import MarsRewardConfig
-from .data import column_values, response_text, tokenize_pair, truncate_keep_end, with_response_text
+from .data import column_values, response_text
 from .evidence import Evidence
 from .loop import GrowingDatasetLoop, with_growing_dataset
 from .plan_guard import PlanGuard
 from .reporting import RunReporter, quiet_console_printers
 from .rounds import pair_key
 from .schedule import RoundSchedule, round_epochs
-from .scoring import LocalAccelerator, NonFiniteRewardsError, score_margins, score_sequences
+from .scoring import NonFiniteRewardsError
 from .strategies import RoundInputs, RoundResult, RoundServices, RoundStrategy, build_strategy
+from .trainer_services import TrainerServices
 
 logger = logging.getLogger("trl_mars")
 
@@ -94,6 +95,7 @@ class MarsAugmentationCallback(TrainerCallback):
         self.evidence: Evidence | None = None
         self.reporter: RunReporter | None = None
         self.plan_guard = PlanGuard()
+        self.services: TrainerServices | None = None  # scoring and sharding, once attached
         self.loss_weights: LossWeightTable | None = None  # once a weighted loss is attached
         self._epoch_start: float | None = None
 
@@ -148,6 +150,7 @@ class MarsAugmentationCallback(TrainerCallback):
         if len(self.originals) != len(self.base_train):
             raise ValueError(f"{len(self.originals)} original rows for {len(self.base_train)} training pairs: "
                              "`originals` must be aligned with the prepared train dataset.")
+        self.services = TrainerServices(trainer, self.args, self.originals, self.base_train)
         args = self.args
         world = max(1, args.world_size)
         self.schedule = RoundSchedule(
@@ -270,7 +273,7 @@ class MarsAugmentationCallback(TrainerCallback):
         start = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            margins = self.score_margins(round_index)
+            margins = self.services.score_originals(round_index)
         except NonFiniteRewardsError as error:
             self.skip_round(round_index, epoch, error)
             return None
@@ -289,7 +292,7 @@ class MarsAugmentationCallback(TrainerCallback):
             budget_ratio=args.mars_budget_ratio, rounding=args.mars_budget_rounding, seed=args.effective_mars_seed,
             paraphrase_prompts=args.mars_paraphrase_prompts, distances=distances, labels=labels,
             refiner=self.refiner, refinements=self.refinements, used_pairs=self.used_pairs,
-            generate_map=self.generate_map, timings=timings))
+            generate_map=self.services.generate_map, timings=timings))
         if result.loss_weights is not None:
             self.set_example_weights(result.loss_weights)
         grow_start = time.perf_counter()
@@ -313,56 +316,14 @@ class MarsAugmentationCallback(TrainerCallback):
         """Sends figures to the trainer's loggers, outside `state.log_history` (see `RunReporter.log_figures`)."""
         self.reporter.log_figures(figures)
 
-    def score_margins(self, round_index: int) -> np.ndarray:
-        """Delta_i = r^{t-1}(x_i, y_i+) - r^{t-1}(x_i, y_i-) on the original pairs, sharded across ranks."""
-        trainer = self.trainer
-        margins, _ = score_margins(trainer.model_wrapped, column_values(self.base_train, "chosen_ids"),
-                                   column_values(self.base_train, "rejected_ids"),
-                                   pad_token_id=trainer.processing_class.pad_token_id,
-                                   batch_size=self.args.mars_scoring_batch_size, accelerator=trainer.accelerator,
-                                   desc=f"MARS round {round_index}: scoring margins")
-        return margins
-
     def after_scoring(self, round_index: int, margins: np.ndarray) -> None:
         """Hook: sees each round's margins before the strategy does. Default: nothing."""
 
     def augment(self, inputs: RoundInputs) -> RoundResult:
         """Hook: the round's rows, loss weights and summary from its inputs; by default the strategy's `run`."""
-        services = RoundServices(score_responses=self.score_responses, won_generator=self.won_generator,
+        services = RoundServices(score_responses=self.services.score_responses, won_generator=self.won_generator,
                                  cache=self.cache)
         return self.strategy.run(inputs, services)
-
-    def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
-        """r^{t-1}(x_i, y) for (tuple index i, response text y), tokenised as training tokenises (all ranks)."""
-        from .tokenization import tokenize_pairs
-
-        trainer = self.trainer
-        tokenizer = trainer.processing_class
-        rows = []
-        for i, text in items:
-            original = self.originals[i]
-            response = with_response_text(original["chosen"], text)
-            rows.append({"prompt": original["prompt"], "chosen": response, "rejected": response})
-        ids = tokenize_pairs(rows, tokenizer)["chosen_ids"]
-        if self.args.max_length:
-            special = set(tokenizer.all_special_ids)
-            ids = [truncate_keep_end(seq, self.args.max_length, special) for seq in ids]
-        return score_sequences(trainer.model_wrapped, ids, pad_token_id=tokenizer.pad_token_id,
-                               batch_size=2 * self.args.mars_scoring_batch_size, accelerator=trainer.accelerator,
-                               desc="West-of-N: scoring candidates")
-
-    def generate_map(self, fn: Callable[[list], list], items: list) -> list:
-        """Runs `fn` on this rank's contiguous share of `items`; every rank gets all results, in input order."""
-        accelerator = self.trainer.accelerator
-        world, rank = accelerator.num_processes, accelerator.process_index
-        if world == 1:
-            return fn(items) if items else []
-        bounds = [len(items) * r // world for r in range(world + 1)]
-        mine = items[bounds[rank] : bounds[rank + 1]]
-        results = fn(mine) if mine else []
-        if len(results) != len(mine):
-            raise RuntimeError(f"a back-end returned {len(results)} results for {len(mine)} inputs.")
-        return [item for part in gather_object([results]) for item in part]
 
     def grow(self, rows: list[dict[str, Any]]) -> None:
         """D^t = D^{t-1} + the round's rows, tokenised like the originals."""
@@ -392,39 +353,17 @@ class MarsAugmentationCallback(TrainerCallback):
         self.plan_guard.dataset_changed()
 
     def semantic_labels(self) -> tuple[np.ndarray, list[str]]:
-        """Distances and labels of the original pairs, once per run, on the main process (docs/architecture.md, step 4)."""
+        """Distances and labels of the original pairs, once per run (docs/architecture.md, step 4)."""
         if self.semantic is None:
-            payload: list[Any] = [None]
-            if self.trainer.accelerator.is_main_process:
-                from .semantic import semantic_distances, semantic_labels
-
-                chosen = [response_text(row["chosen"]) for row in self.originals]
-                rejected = [response_text(row["rejected"]) for row in self.originals]
-                distances = semantic_distances(self.embedder, chosen, rejected, cache=self.cache)
-                labels, threshold = semantic_labels(distances)
-                payload = [(distances, list(labels), float(threshold))]
-            if self.trainer.accelerator.num_processes > 1:
-                broadcast_object_list(payload, from_process=0)
-            distances, labels, threshold = payload[0]
+            distances, labels, threshold = self.services.semantic_labels(self.embedder, self.cache)
             self.semantic = (distances, labels)
             self.evidence.summary["semantic"] = {"threshold": threshold, "high_distance": labels.count("high"),
                                                  "low_distance": labels.count("low")}
         return self.semantic
 
     def reward_check(self, triples) -> list[bool]:
-        """Label check for rewrites: does the current model still prefer the chosen side? (this rank alone)"""
-        trainer = self.trainer
-        tokenizer = trainer.processing_class
-        limit = self.args.max_length
-        special = set(tokenizer.all_special_ids)
-        fit = (lambda ids: truncate_keep_end(ids, limit, special)) if limit else (lambda ids: ids)
-        tokenized = [tokenize_pair({"prompt": p, "chosen": c, "rejected": r}, tokenizer) for p, c, r in triples]
-        margins, _ = score_margins(trainer.model, [fit(t["chosen_ids"]) for t in tokenized],
-                                   [fit(t["rejected_ids"]) for t in tokenized], pad_token_id=tokenizer.pad_token_id,
-                                   batch_size=self.args.mars_scoring_batch_size,
-                                   accelerator=LocalAccelerator.view_of(trainer.accelerator),
-                                   desc="MARS: checking rewrites")
-        return [bool(m > 0) for m in margins]
+        """Label check for rewrites (`mars_label_check="reward_model"`): see `TrainerServices.prefers_chosen`."""
+        return self.services.prefers_chosen(triples)
 
     def report_heldout(self, when: str) -> None:
         """Pairwise accuracy and margin SNR on each eval set, printed once and logged."""

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import mars_args, tiny_rows  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-import trl_mars.callback as callback_module  # noqa: E402
+import trl_mars.trainer_services as services_module  # noqa: E402
 from trl_mars.augment.lexical import LexicalParaphraser  # noqa: E402
 from trl_mars.data import column_values  # noqa: E402
 from trl_mars.trainer import MarsRewardTrainer  # noqa: E402
@@ -31,7 +31,7 @@ class CountingParaphraser(LexicalParaphraser):
 
 def main(model_path: str, output_dir: str, distributed: bool = True) -> None:
     captured = {}
-    original = callback_module.score_margins
+    original = services_module.score_margins
 
     def recording_score_margins(*args, **kwargs):
         margins, chosen = original(*args, **kwargs)
@@ -39,7 +39,7 @@ def main(model_path: str, output_dir: str, distributed: bool = True) -> None:
             captured.setdefault("margins", margins.tolist())
         return margins, chosen
 
-    callback_module.score_margins = recording_score_margins
+    services_module.score_margins = recording_score_margins
     extra = dict(ddp_backend="gloo", use_cpu=True) if distributed else {}
     # "uniform": budgets do not depend on margins, so float noise between 1 and 2 ranks cannot change the rows.
     args = mars_args(output_dir, num_train_epochs=1, mars_strategy="uniform", mars_scoring_batch_size=3, **extra)
@@ -47,7 +47,7 @@ def main(model_path: str, output_dir: str, distributed: bool = True) -> None:
     trainer = MarsRewardTrainer(model_path, args=args, train_dataset=Dataset.from_list(tiny_rows(16)),
                                 paraphraser=paraphraser)
     trainer.train()
-    callback_module.score_margins = original
+    services_module.score_margins = original
     rank = trainer.accelerator.process_index
     digest = hashlib.sha256(json.dumps([column_values(trainer.train_dataset, "chosen_ids"),
                                         column_values(trainer.train_dataset, "rejected_ids")])
