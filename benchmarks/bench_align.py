@@ -1,6 +1,6 @@
 """Cost of aligning a policy with a MARS reward model: peak memory, generated tokens/s and seconds per step.
 
-The policies are TinyLlama-1.1B- and Llama-3.2-1B-shaped (sizes from their published configs, `trl_mars.tiny_policy`)
+The policies are TinyLlama-1.1B- and Llama-3.2-1B-shaped (sizes from their published configs, `trl_mars.align.tiny_policy`)
 with *random weights* and a word-level tokenizer of the same vocabulary size, because no checkpoint can be
 downloaded here; LoRA r 16 / alpha 32 on attention and MLP projections, as in the paper. Random weights rarely emit
 EOS, so every completion runs to `--max-completion-length`: the numbers are the cost of that length, not of a real
@@ -10,8 +10,8 @@ through `MarsRewardFunction` exactly as in training. `tiny` runs on a CPU in sec
 Second mode, `--evaluate ADAPTER`: the mean reward of a real policy before and after alignment. The base policy
 (default the packaged SmolLM2-135M-Instruct) and the aligned one (base + the LoRA adapter folder that
 `recipes/ppo_align.py` saved) answer the 64 held-out prompts shipped in `trl_mars/resources/align_prompts_heldout.jsonl`
-with identical decoding (greedy, the same `--max-new-tokens`, batched the same way, `trl_mars.winrate`'s generation,
-prompts formatted and truncated by `trl_mars.alignment.prepare_prompts` as in training), and `MarsRewardFunction`
+with identical decoding (greedy, the same `--max-new-tokens`, batched the same way, `trl_mars.eval.winrate`'s generation,
+prompts formatted and truncated by `trl_mars.align.alignment.prepare_prompts` as in training), and `MarsRewardFunction`
 scores every answer with the reward model of the run, encoded as the recipe encodes it:
 
     python benchmarks/bench_align.py --evaluate outputs/smollm2-135m-instruct-rloo-offline \
@@ -49,7 +49,7 @@ sys.path.insert(0, ROOT)
 
 
 def embedded_prompts() -> list[str]:
-    from trl_mars.data import embedded_dataset_files
+    from trl_mars.data.preferences import embedded_dataset_files
 
     with open(embedded_dataset_files()["train"], encoding="utf-8") as handle:
         return [json.loads(line)["prompt"] for line in handle]
@@ -75,9 +75,9 @@ def run_shape(shape: str, args, reward_dir: str) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from trl_mars.alignment import LORA_TARGETS, prepare_prompts
-    from trl_mars.rewards import MarsRewardFunction
-    from trl_mars.tiny_policy import LLAMA_SHAPES, build_random_llama, build_word_tokenizer
+    from trl_mars.align.alignment import LORA_TARGETS, prepare_prompts
+    from trl_mars.align.rewards import MarsRewardFunction
+    from trl_mars.align.tiny_policy import LLAMA_SHAPES, build_random_llama, build_word_tokenizer
 
     cuda = torch.cuda.is_available()
     prompts = embedded_prompts()
@@ -164,10 +164,10 @@ def evaluate(args) -> dict:
     import numpy as np
     import torch
 
-    from trl_mars.alignment import load_prompts, prepare_prompts
+    from trl_mars.align.alignment import load_prompts, prepare_prompts
     from trl_mars.augment.packaged import resolve_packaged_model
-    from trl_mars.rewards import MarsRewardFunction
-    from trl_mars.winrate import generate_responses, load_policy
+    from trl_mars.align.rewards import MarsRewardFunction
+    from trl_mars.eval.winrate import generate_responses, load_policy
 
     rows = load_prompts(args.prompts_dataset, split=args.prompts_split)
     reward = MarsRewardFunction(args.reward_model, max_length=args.reward_max_length, batch_size=64,
@@ -227,7 +227,7 @@ def evaluate(args) -> dict:
     if args.prompts_dataset == "embedded_align":  # the shipped prompts carry the category of their preference pair
         from datasets import load_dataset
 
-        from trl_mars.alignment import align_prompt_files
+        from trl_mars.align.alignment import align_prompt_files
 
         categories = load_dataset("json", data_files=align_prompt_files()[args.prompts_split], split="train")["category"]
         out["by_category"] = {

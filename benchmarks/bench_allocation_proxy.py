@@ -3,7 +3,7 @@
 What it models: a frozen all-MiniLM-L6-v2 encodes the (end of the) chosen and rejected texts; the reward model is a
 linear Bradley-Terry model on x = e(chosen) - e(rejected), fitted by Newton's method with an L2 penalty; a
 synthetic pair is a copy of an original x with Gaussian jitter of the size a lexical paraphrase moves an embedding
-(cosine about 0.95). Each rule allocates B = ratio * N copies with `trl_mars.allocation`; margins come from the
+(cosine about 0.95). Each rule allocates B = ratio * N copies with `trl_mars.mars.allocation`; margins come from the
 model fitted on the training pairs ("model": what a round sees after training on them) or from 5-fold
 cross-fitting ("oof"). Held-out accuracy is averaged over many random train/held-out splits, paired against plain
 training on the same split.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trl_mars.allocation import allocation_probabilities, integer_budgets
+from trl_mars.mars.allocation import allocation_probabilities, integer_budgets
 
 RULES = {  # name -> (margin source, allocate kwargs); None = no augmentation
     "none": None,

@@ -2,7 +2,7 @@
 
 Reads the margins a real run scored at a round (`mars/round_<t>/allocation.jsonl` of any MARS, uniform or AdaBoost
 cell: every strategy scores the same margins on the same seed) and allocates the run's budget with
-`trl_mars.allocation.allocate` under each setting, without training anything. Per setting: the entropy of q against
+`trl_mars.mars.allocation.allocate` under each setting, without training anything. Per setting: the entropy of q against
 ln N (uniform), the largest budget, how many tuples get nothing, and the share of the budget that goes to
 mis-ranked pairs (margin < 0) and to the lowest-margin tenth. When the allocation is nearly uniform, MARS and
 uniform augmentation add the same kind of pairs and cannot differ by more than noise.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trl_mars.allocation import allocate, allocation_entropy
+from trl_mars.mars.allocation import allocate, allocation_entropy
 
 SETTINGS = [  # (label, tau, scale, max_share)
     ("paper: tau 0.5, raw margins", 0.5, "none", None),

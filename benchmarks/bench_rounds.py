@@ -1,6 +1,6 @@
 """Speed of the parts of a MARS round that are not text generation.
 
-(a) Margin-scoring throughput of `trl_mars.scoring.score_margins` against `RewardTrainer.evaluate` on the same
+(a) Margin-scoring throughput of `trl_mars.mars.scoring.score_margins` against `RewardTrainer.evaluate` on the same
     pairs and model (pairs per second; both in eval mode, no grad). `evaluate` runs at its default batch size and
     at the same batch size as the scorer, so the gain from length sorting shows separately.
 (b) A round's overhead outside text generation (margin scoring, allocation, semantic distances, pair sampling,
@@ -33,9 +33,9 @@ def load_pairs(path: str, n: int, seed: int):
 
 def bench_scoring(model_path: str, pairs, max_length: int, batch_size: int, repeats: int) -> dict:
     from trl_mars import MarsRewardConfig
-    from trl_mars.data import column_values
-    from trl_mars.scoring import score_margins
-    from trl_mars.trainer import MarsRewardTrainer
+    from trl_mars.data.preferences import column_values
+    from trl_mars.mars.scoring import score_margins
+    from trl_mars.training.trainer import MarsRewardTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
         args = MarsRewardConfig(output_dir=tmp, mars_strategy="none", max_length=max_length, report_to="none",
@@ -72,8 +72,8 @@ def bench_scoring(model_path: str, pairs, max_length: int, batch_size: int, repe
 
 def bench_round_overhead(model_path: str, pairs, max_length: int, ratio: float, strategy: str) -> dict:
     from trl_mars import MarsRewardConfig
-    from trl_mars.config import PACKAGED_MINILM
-    from trl_mars.trainer import MarsRewardTrainer
+    from trl_mars.training.config import PACKAGED_MINILM
+    from trl_mars.training.trainer import MarsRewardTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
         args = MarsRewardConfig(output_dir=tmp, mars_strategy=strategy, mars_budget_ratio=ratio,

@@ -5,12 +5,12 @@
 
 `--dataset_name` is a Hub id (allenai/reward-bench: split "filtered") or a local .jsonl file with prompt, chosen,
 rejected and optionally subset fields. Pairs are encoded exactly as the trainer encodes them; pass the trainer's
-`--max_length`. All logic lives in `trl_mars.evaluation`.
+`--max_length`. All logic lives in `trl_mars.eval.evaluation`.
 """
 
 from trl import TrlParser
 
-from trl_mars.evaluation import EvalRewardModelArguments, run_evaluation
+from trl_mars.eval.evaluation import EvalRewardModelArguments, run_evaluation
 
 if __name__ == "__main__":
     (args,) = TrlParser((EvalRewardModelArguments,)).parse_args_and_config()

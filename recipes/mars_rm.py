@@ -16,8 +16,8 @@ A real run takes a YAML config and CLI overrides, the TRL way:
 from trl import ModelConfig
 
 from trl_mars import MarsRewardConfig
-from trl_mars.cli import MarsParser, exit_on_setup_error
-from trl_mars.recipe import EMBEDDED_DEFAULTS, MarsScriptArguments, build_trainer, train_and_save
+from trl_mars.cli.arguments import MarsParser, exit_on_setup_error
+from trl_mars.cli.recipe import EMBEDDED_DEFAULTS, MarsScriptArguments, build_trainer, train_and_save
 
 if __name__ == "__main__":
     parser = MarsParser((MarsScriptArguments, MarsRewardConfig, ModelConfig), recipe_defaults=EMBEDDED_DEFAULTS)

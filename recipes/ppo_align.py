@@ -9,10 +9,10 @@ prompts 512 tokens, responses 192 tokens). A YAML config and CLI flags override 
 
 Offline on a CPU (the packaged SmolLM2-135M-Instruct policy, the embedded MARS reward model, prompts shipped in
 trl_mars/resources): recipes/smollm2-135m-instruct/rloo/config_offline.yaml. `packaged:` ids work as the policy.
-All logic lives in `trl_mars.alignment`.
+All logic lives in `trl_mars.align.alignment`.
 """
 
-from trl_mars.alignment import main
+from trl_mars.align.alignment import main
 
 if __name__ == "__main__":
     main()

@@ -54,7 +54,7 @@ def tiny_eval_dataset():
 def mars_args(output_dir, **overrides):
     """A MarsRewardConfig for fast CPU tests."""
     from trl_mars import MarsRewardConfig
-    from trl_mars.config import PACKAGED_MINILM
+    from trl_mars.training.config import PACKAGED_MINILM
 
     kwargs = dict(
         output_dir=str(output_dir),

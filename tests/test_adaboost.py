@@ -14,10 +14,10 @@ from datasets import Dataset
 from trl import RewardTrainer
 
 from trl_mars import MarsAugmentationCallback
-from trl_mars.adaboost import SourceIndexCollator, adaboost_round, weighted_bradley_terry_loss
-from trl_mars.allocation import adaboost_weights
-from trl_mars.rounds import RoundInputs
-from trl_mars.trainer import MarsRewardTrainer
+from trl_mars.baselines.adaboost import SourceIndexCollator, adaboost_round, weighted_bradley_terry_loss
+from trl_mars.mars.allocation import adaboost_weights
+from trl_mars.mars.rounds import RoundInputs
+from trl_mars.training.trainer import MarsRewardTrainer
 
 
 def test_weights_match_hand_computed_values():
@@ -105,7 +105,7 @@ def test_weights_reach_the_loss_in_a_real_run(tmp_path, minilm_path, trainer_kin
 
 def test_mars_weight_originals_uses_the_rounds_allocation(tmp_path, minilm_path):
     """mars_weight_originals: after the round, each tuple's loss weight is N * q_i from its own allocation.jsonl."""
-    from trl_mars.adaboost import WeightedLossMixin
+    from trl_mars.baselines.adaboost import WeightedLossMixin
 
     args = mars_args(tmp_path, num_train_epochs=2, mars_warmup_epochs=1, mars_epoch_size="original",
                      mars_weight_originals=True, mars_tau=5.0)
@@ -125,7 +125,7 @@ def test_synthetic_weight_reaches_the_loss_of_synthetic_pairs_only(tmp_path, min
     """mars_synthetic_weight=0.25: synthetic rows read slot N + source_index, whose weight is 0.25 (1 for the
     originals), and the training loss of a batch with one original and one synthetic pair is
     (1 * l_original + 0.25 * l_synthetic) / 2 from the same logits."""
-    from trl_mars.adaboost import WeightedLossMixin
+    from trl_mars.baselines.adaboost import WeightedLossMixin
 
     args = mars_args(tmp_path, num_train_epochs=2, mars_warmup_epochs=1, mars_synthetic_weight=0.25)
     trainer = MarsRewardTrainer(minilm_path, args=args, train_dataset=Dataset.from_list(tiny_rows(16)))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from tiny_models import save_minilm_reward_model
 
-from trl_mars.alignment import ALIGN_DEFAULTS, AlignScriptArguments, config_class, hh_transcript_to_messages
+from trl_mars.align.alignment import ALIGN_DEFAULTS, AlignScriptArguments, config_class, hh_transcript_to_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIGN_CONFIGS = sorted(p for p in (ROOT / "recipes").glob("*/*/config_*.yaml") if p.parent.name in ("rloo", "grpo"))
@@ -84,7 +84,7 @@ def test_offline_smollm2_rloo_recipe_under_accelerate_launch(tmp_path, minilm_pa
 def test_shipped_alignment_prompts_are_the_script_output_and_hold_out_64(tmp_path):
     import importlib.util
 
-    from trl_mars.alignment import align_prompt_files
+    from trl_mars.align.alignment import align_prompt_files
 
     spec = importlib.util.spec_from_file_location("make_align_prompts", ROOT / "scripts" / "make_align_prompts.py")
     script = importlib.util.module_from_spec(spec)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import build_tokenizer, save_minilm_reward_model, save_tiny_llama
 
-from trl_mars.alignment import (
+from trl_mars.align.alignment import (
     PPO_INSTALL_HINT,
     load_prompts,
     prepare_prompts,
@@ -59,7 +59,7 @@ def test_lora_policy_trains_and_reloads(assets, tmp_path, trainer):
     from peft import AutoPeftModelForCausalLM, PeftModel
     from transformers import AutoModelForCausalLM
 
-    from trl_mars.alignment import main
+    from trl_mars.align.alignment import main
 
     output = tmp_path / trainer
     result = main(tiny_run_args(assets, output, trainer))
@@ -129,7 +129,7 @@ def test_trainer_choice_and_ppo_without_it(tmp_path):
     try:
         from trl.experimental.ppo import PPOTrainer  # noqa: F401
     except ImportError:
-        from trl_mars.alignment import main
+        from trl_mars.align.alignment import main
 
         with pytest.raises(SystemExit) as stop:
             main(["--trainer", "ppo", "--dataset_name", "x", "--output_dir", str(tmp_path)])
@@ -147,7 +147,7 @@ def test_ppo_route_where_trl_has_it(assets, tmp_path):
     pytest.importorskip("trl.experimental.ppo", reason="this TRL has no PPOTrainer (removed in 1.13)")
     from tiny_models import save_tiny_llama
 
-    from trl_mars.alignment import main
+    from trl_mars.align.alignment import main
 
     reward = save_tiny_llama(tmp_path / "decoder_rm", num_labels=1, seed=1)  # PPO needs the policy's tokenizer
     with pytest.raises(ValueError, match="does not share the policy's tokenizer"):

@@ -1,4 +1,4 @@
-"""Tests for trl_mars.allocation: hand-computed examples, validation, and property tests."""
+"""Tests for trl_mars.mars.allocation: hand-computed examples, validation, and property tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from trl_mars.allocation import (
+from trl_mars.mars.allocation import (
     cap_probabilities,
     Allocation,
     adaboost_weights,

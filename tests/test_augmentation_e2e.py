@@ -8,8 +8,8 @@ import pytest
 from conftest import mars_args
 from openai_server import TEST_KEY, TEST_KEY_ENV, openai_server  # noqa: F401 (fixture)
 
-from trl_mars.preflight import PreflightError
-from trl_mars.trainer import MarsRewardTrainer
+from trl_mars.training.preflight import PreflightError
+from trl_mars.training.trainer import MarsRewardTrainer
 
 
 def chat_args(output_dir, server, cache_dir, **overrides):

@@ -12,9 +12,9 @@ from transformers import Trainer
 from trl import RewardTrainer
 
 from trl_mars import MarsAugmentationCallback
-from trl_mars.plan_guard import RoundPlanError
-from trl_mars.reporting import QuietProgressCallback
-from trl_mars.trainer import MarsRewardTrainer
+from trl_mars.training.plan_guard import RoundPlanError
+from trl_mars.eval.reporting import QuietProgressCallback
+from trl_mars.training.trainer import MarsRewardTrainer
 
 
 def test_plain_reward_trainer_subclass_runs_rounds_with_the_callback(tmp_path, minilm_path):

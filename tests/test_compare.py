@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_rows
 
-from trl_mars.compare import CompareArguments, parse_variants, run_grid
+from trl_mars.eval.compare import CompareArguments, parse_variants, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def _args(tmp_path, **overrides):
     from trl import ModelConfig
 
     from trl_mars import MarsRewardConfig
-    from trl_mars.config import PACKAGED_MINILM
+    from trl_mars.training.config import PACKAGED_MINILM
 
     compare = CompareArguments(datasets=[_grid_data(tmp_path / "pairs.jsonl")], strategies=["none"], seeds=[1, 2],
                                variants={"uniform_half": {"mars_strategy": "uniform", "mars_budget_ratio": 0.5,
@@ -112,7 +112,7 @@ def test_recipe_help():
 
 
 def test_a_setting_added_after_a_cell_ran_keeps_the_cell_when_left_at_its_default(tmp_path):
-    from trl_mars.compare import Cell, GridDataset, load_finished
+    from trl_mars.eval.compare import Cell, GridDataset, load_finished
 
     compare, training, _ = _args(tmp_path)
     dataset = GridDataset(key="pairs", name="pairs.jsonl", train=None, evaluation=None, majority=None,
@@ -131,7 +131,7 @@ def test_a_setting_added_after_a_cell_ran_keeps_the_cell_when_left_at_its_defaul
 
 def test_paired_difference_by_hand():
     """Seed-paired accuracy differences and the per-pair standard error, computed by hand (a tie is wrong)."""
-    from trl_mars.compare import _paired_text, paired_difference
+    from trl_mars.eval.compare import _paired_text, paired_difference
 
     plain = [{"seed": 1, "accuracy": 0.5, "eval_margins": [1.0, -1.0, 1.0, -1.0]},
              {"seed": 2, "accuracy": 0.5, "eval_margins": [1.0, 1.0, -1.0, -1.0]}]
@@ -153,7 +153,7 @@ def test_paired_difference_by_hand():
 def test_fold_splits_hold_every_row_or_group_out_once():
     from datasets import Dataset
 
-    from trl_mars.data import fold_splits
+    from trl_mars.data.preferences import fold_splits
 
     data = Dataset.from_list([{**row, "row": i, "prompt_id": i // 3} for i, row in enumerate(tiny_rows(20))])
     splits = fold_splits(data, 3, seed=0)

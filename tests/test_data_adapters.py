@@ -14,7 +14,7 @@ import pytest
 from conftest import mars_args, tiny_rows
 from datasets import Dataset
 
-from trl_mars.data import (
+from trl_mars.data.preferences import (
     DATA_SEED,
     PreferenceDataError,
     adapt_columns,

@@ -16,9 +16,9 @@ from datasets import Dataset
 from tiny_models import save_tiny_llama
 
 from trl_mars import MarsRewardConfig
-from trl_mars.data import PreferenceDataError, validate_preference_dataset
-from trl_mars.scoring import NonFiniteRewardsError, score_sequences
-from trl_mars.trainer import MarsRewardTrainer
+from trl_mars.data.preferences import PreferenceDataError, validate_preference_dataset
+from trl_mars.mars.scoring import NonFiniteRewardsError, score_sequences
+from trl_mars.training.trainer import MarsRewardTrainer
 
 _COMMON = dict(per_device_train_batch_size=4, per_device_eval_batch_size=8, num_train_epochs=2, learning_rate=1e-3,
                max_length=64, logging_steps=1, save_strategy="no", report_to="none", bf16=False,

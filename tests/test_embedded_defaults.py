@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from trl_mars.recipe import EMBEDDED_DEFAULTS
+from trl_mars.cli.recipe import EMBEDDED_DEFAULTS
 
 YAML_PATH = Path(__file__).resolve().parents[1] / "recipes" / "minilm" / "mars" / "config_embedded.yaml"
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import mars_args, tiny_rows
 from datasets import Dataset
 
-from trl_mars.evaluation import encode_pairs, load_reward_model, score_pairs
+from trl_mars.eval.evaluation import encode_pairs, load_reward_model, score_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSETS = ["alpacaeval-easy", "alpacaeval-hard", "mt-bench-hard", "xstest-should-respond", "donotanswer", "hep-python"]
@@ -70,8 +70,8 @@ def test_recipe_writes_the_report(trained, tmp_path):
     assert all(report["subsets"][s]["n"] == 2 for s in SUBSETS)
     assert set(report["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"}
     # The same numbers as the trained model in memory, scored on the trainer's own encoding of the pairs.
-    from trl_mars.evaluation import SingleProcessScorer, evaluate_margins
-    from trl_mars.scoring import score_margins
+    from trl_mars.eval.evaluation import SingleProcessScorer, evaluate_margins
+    from trl_mars.mars.scoring import score_margins
 
     margins, _ = score_margins(trainer.model, trainer.eval_dataset["chosen_ids"][:],
                                trainer.eval_dataset["rejected_ids"][:],

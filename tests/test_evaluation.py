@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from trl_mars.evaluation import (
+from trl_mars.eval.evaluation import (
     REWARDBENCH_SECTIONS,
     REWARDBENCH_WEIGHTS,
     evaluate_margins,

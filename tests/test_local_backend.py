@@ -279,7 +279,7 @@ def test_smollm2_paraphrases_and_judges(smollm2_engine):
 
 @pytest.mark.slow
 def test_local_backend_round_end_to_end_and_cached_rerun(tmp_path, minilm_path, tiny_dataset):
-    from trl_mars.trainer import MarsRewardTrainer
+    from trl_mars.training.trainer import MarsRewardTrainer
 
     def run(name):
         args = mars_args(tmp_path / name, mars_paraphraser="local", mars_refiner="local", mars_label_check="judge",
@@ -312,8 +312,8 @@ def test_local_backend_round_end_to_end_and_cached_rerun(tmp_path, minilm_path, 
 
 
 def test_round_line_reports_the_fidelity_counts():
-    from trl_mars.evidence import round_line
-    from trl_mars.strategies import RoundSummary
+    from trl_mars.eval.evidence import round_line
+    from trl_mars.mars.strategies import RoundSummary
 
     entry = RoundSummary(round=1, epoch=2, margin={"mean": 0.25, "fraction_negative": 0.3}, allocation_entropy=6.5,
                          allocation_entropy_uniform=6.9, synthetic_pairs_added=40, num_original_pairs=100, budget=40,

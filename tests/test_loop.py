@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trl_mars.loop import SUPPORTED_TRANSFORMERS, check_transformers_version
+from trl_mars.training.loop import SUPPORTED_TRANSFORMERS, check_transformers_version
 
 
 @pytest.mark.parametrize("version", ["5.3.0", "5.10.1", "5.24.0", "5.30.0.dev0"])

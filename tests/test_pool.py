@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_mars.allocation import split_budget
+from trl_mars.mars.allocation import split_budget
 from trl_mars.augment.pool import operation_for, pool_size, sample_pairs
 
 FAST = settings(max_examples=150, deadline=None)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_mars_field_has_help_and_is_settable_from_yaml(tmp_path):
     from trl import ModelConfig, TrlParser
 
-    from trl_mars.recipe import MarsScriptArguments
+    from trl_mars.cli.recipe import MarsScriptArguments
 
     mars_fields = [f for f in dataclasses.fields(MarsRewardConfig) if f.name.startswith("mars_")]
     assert len(mars_fields) >= 20

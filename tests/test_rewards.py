@@ -8,7 +8,7 @@ import torch
 from tiny_models import save_minilm_reward_model, save_tiny_llama
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from trl_mars.rewards import MarsRewardFunction
+from trl_mars.align.rewards import MarsRewardFunction
 
 PROMPTS = ["Can you give me one useful tip about tea?", "How do I keep bread fresh?"]
 COMPLETIONS = ["Sure. Start small and write down what works for you.", "I don't know, look it up yourself."]

@@ -9,7 +9,7 @@ from conftest import OneVariantParaphraser, tiny_rows
 
 from trl_mars.augment.base import RefinementResult
 from trl_mars.augment.lexical import LexicalParaphraser
-from trl_mars.rounds import RoundInputs, pair_key, run_round
+from trl_mars.mars.rounds import RoundInputs, pair_key, run_round
 
 
 class SuffixRefiner:

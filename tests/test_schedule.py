@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trl_mars.schedule import RoundSchedule, round_epochs
+from trl_mars.training.schedule import RoundSchedule, round_epochs
 
 
 def plan(**overrides) -> RoundSchedule:

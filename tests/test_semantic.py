@@ -12,8 +12,8 @@ import pytest
 from trl_mars.augment.base import Embedder
 from trl_mars.augment.cache import AugmentationCache
 from trl_mars.augment.model_source import ModelSourceError
-from trl_mars.config import PACKAGED_MINILM
-from trl_mars.semantic import (
+from trl_mars.training.config import PACKAGED_MINILM
+from trl_mars.mars.semantic import (
     SentenceTransformerEmbedder,
     check_embedding_model,
     resolve_embedding_model,

@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from trl_mars import evaluation, modeling, rewards, winrate
-from trl_mars.scoring import LocalAccelerator
+from trl_mars.eval import evaluation, modeling, winrate
+from trl_mars.align import rewards
+from trl_mars.mars.scoring import LocalAccelerator
 
 
 def test_the_old_name_is_the_one_accelerator():
@@ -73,8 +74,8 @@ def test_local_accelerator_view_of_a_real_one():
 
 
 def test_every_data_loader_dispatches_the_same_way(tmp_path):
-    from trl_mars.alignment import load_prompts
-    from trl_mars.data import load_evaluation_dataset, load_preference_splits
+    from trl_mars.align.alignment import load_prompts
+    from trl_mars.data.preferences import load_evaluation_dataset, load_preference_splits
 
     missing = str(tmp_path / "missing.jsonl")
     for load in (load_preference_splits, load_evaluation_dataset, load_prompts):

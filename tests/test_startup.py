@@ -16,8 +16,8 @@ from conftest import mars_args, tiny_rows
 
 from trl_mars import MarsRewardTrainer
 from trl_mars.augment.model_source import ModelSourceError
-from trl_mars.config import PACKAGED_MINILM, MarsRewardConfig
-from trl_mars.preflight import PreflightError, check_models, check_pretrained
+from trl_mars.training.config import PACKAGED_MINILM, MarsRewardConfig
+from trl_mars.training.preflight import PreflightError, check_models, check_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 UNCACHED_HUB_ID = "trl-mars-tests/no-such-encoder"  # a valid Hub id that no cache holds
@@ -125,7 +125,7 @@ def test_only_the_models_the_config_needs_are_checked(tmp_path, minilm_path, mon
 def test_a_model_error_is_one_clean_line(capsys, monkeypatch):
     # the back-ends' model check and the trainer's start-up check raise one type, which the recipes print as one line
     from trl_mars.augment.embedding import check_embedding_model
-    from trl_mars.cli import EXIT_SETUP_ERROR, TRACEBACK_ENV, exit_on_setup_error
+    from trl_mars.cli.arguments import EXIT_SETUP_ERROR, TRACEBACK_ENV, exit_on_setup_error
 
     assert PreflightError is ModelSourceError and issubclass(ModelSourceError, ValueError)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -219,7 +219,7 @@ def test_every_mars_field_is_in_one_help_section():
     import dataclasses
 
     from trl_mars import MarsRewardConfig
-    from trl_mars.config import MARS_HELP_SECTIONS
+    from trl_mars.training.config import MARS_HELP_SECTIONS
 
     listed = [name for names in MARS_HELP_SECTIONS.values() for name in names]
     fields = [f.name for f in dataclasses.fields(MarsRewardConfig) if f.name.startswith("mars_")]
@@ -227,7 +227,7 @@ def test_every_mars_field_is_in_one_help_section():
 
 
 def test_cpu_threads_undo_accelerates_single_thread_default(monkeypatch):
-    from trl_mars.console import cpu_threads
+    from trl_mars.training.console import cpu_threads
 
     before = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0))
@@ -251,7 +251,7 @@ def test_cpu_threads_undo_accelerates_single_thread_default(monkeypatch):
 def test_new_head_load_report_is_one_line(minilm_path, caplog):
     from transformers import AutoModelForSequenceClassification
 
-    from trl_mars.console import explain_new_head_report
+    from trl_mars.training.console import explain_new_head_report
 
     explain_new_head_report()
     with caplog.at_level(logging.INFO, logger="transformers.modeling_utils"):

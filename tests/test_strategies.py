@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 from conftest import mars_args
 
-from trl_mars import strategies
-from trl_mars.allocation import Allocation, margin_statistics
-from trl_mars.config import STRATEGIES
-from trl_mars.data import response_text, with_response_text
-from trl_mars.strategies import RoundResult, RoundStrategy, RoundSummary, register_strategy, strategy_class
+from trl_mars.data.preferences import response_text, with_response_text
+from trl_mars.mars import strategies
+from trl_mars.mars.allocation import Allocation, margin_statistics
+from trl_mars.mars.strategies import (
+    RoundResult,
+    RoundStrategy,
+    RoundSummary,
+    register_strategy,
+    strategy_class,
+)
+from trl_mars.training.config import STRATEGIES
 
 REFUSAL = "I will not help with that."
 

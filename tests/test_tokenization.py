@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_rows
 
-from trl_mars.data import tokenize_pair
-from trl_mars.tokenization import tokenize_pairs
+from trl_mars.data.preferences import tokenize_pair
+from trl_mars.data.tokenization import tokenize_pairs
 
 
 def synthetic_rows() -> list[dict]:

@@ -14,8 +14,8 @@ from conftest import mars_args, tiny_rows
 from datasets import Dataset
 
 from trl_mars import MarsRewardConfig
-from trl_mars.data import PreferenceDataError
-from trl_mars.trainer import MarsRewardTrainer
+from trl_mars.data.preferences import PreferenceDataError
+from trl_mars.training.trainer import MarsRewardTrainer
 
 
 def read_jsonl(path: Path) -> list[dict]:

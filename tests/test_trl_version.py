@@ -1,4 +1,4 @@
-"""The TRL version guard in `trl_mars.config`: a clear import-time error outside the range pyproject.toml pins."""
+"""The TRL version guard in `trl_mars.training.config`: a clear import-time error outside the range pyproject.toml pins."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trl
 
-from trl_mars.config import SUPPORTED_TRL, check_trl_version
+from trl_mars.training.config import SUPPORTED_TRL, check_trl_version
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "1.16.0", "1.99.0.dev0"])

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trl_mars.adaboost import SOURCE_INDEX, WeightedLossMixin
+from trl_mars.baselines.adaboost import SOURCE_INDEX, WeightedLossMixin
 
 UNWEIGHTED = "the base trainer's loss"
 

@@ -14,9 +14,9 @@ from tiny_models import save_tiny_llama
 
 from trl_mars.augment.client import ChatClient
 from trl_mars.augment.lexical import LexicalParaphraser
-from trl_mars.rounds import RoundInputs
-from trl_mars.trainer import MarsRewardTrainer
-from trl_mars.west_of_n import (
+from trl_mars.mars.rounds import RoundInputs
+from trl_mars.training.trainer import MarsRewardTrainer
+from trl_mars.baselines.west_of_n import (
     CausalLMGenerator,
     ChatGenerator,
     ParaphrasePoolGenerator,

@@ -15,7 +15,7 @@ from openai_server import TEST_KEY_ENV, openai_server  # noqa: F401  (fixture)
 from tiny_models import save_minilm_reward_model, save_tiny_llama
 
 from conftest import TOPICS
-from trl_mars.winrate import (
+from trl_mars.eval.winrate import (
     WinRateArguments,
     both_orders,
     run_winrate,
@@ -154,7 +154,7 @@ class ScriptedGenerator:
 
 def test_any_text_generator_judges_and_position_bias_gives_ties():
     from trl_mars.augment.base import TextGenerator
-    from trl_mars.winrate import TextPairwiseJudge
+    from trl_mars.eval.winrate import TextPairwiseJudge
 
     generator = ScriptedGenerator()
     assert isinstance(generator, TextGenerator)
@@ -178,7 +178,7 @@ def test_missing_key_fails_before_models_load(policies, monkeypatch):
 
 
 def test_reward_model_as_offline_judge(policies, tmp_path, minilm_path):
-    from trl_mars.rewards import MarsRewardFunction
+    from trl_mars.align.rewards import MarsRewardFunction
 
     reward_dir = save_minilm_reward_model(tmp_path / "rm", minilm_path)
     output = tmp_path / "rm_judge.json"
@@ -245,7 +245,7 @@ def test_local_judge_in_both_orders(policies, tmp_path):
 
 
 def test_policy_without_a_chat_template_is_a_clear_error(tmp_path, policies):
-    from trl_mars.winrate import generate_responses
+    from trl_mars.eval.winrate import generate_responses
 
     with pytest.raises(ValueError, match="chat template"):
         generate_responses(None, None, ["a text prompt"])

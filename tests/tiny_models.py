@@ -1,4 +1,4 @@
-"""Test assets built offline: a tiny random Llama (trl_mars.tiny_policy) over the test vocabulary, and MiniLM reward
+"""Test assets built offline: a tiny random Llama (trl_mars.align.tiny_policy) over the test vocabulary, and MiniLM reward
 models with a fresh scalar head, saved full or as a LoRA adapter, as MarsRewardTrainer saves them."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import TOPICS, tiny_rows
 
-from trl_mars.tiny_policy import build_word_tokenizer, save_random_llama
+from trl_mars.align.tiny_policy import build_word_tokenizer, save_random_llama
 
 
 def test_texts() -> list[str]:

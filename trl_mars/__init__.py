@@ -9,12 +9,12 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "MarsRewardConfig": "trl_mars.config",
-    "MarsRewardTrainer": "trl_mars.trainer",
-    "MarsRewardFunction": "trl_mars.rewards",
-    "MarsAugmentationCallback": "trl_mars.callback",
+    "MarsRewardConfig": "trl_mars.training.config",
+    "MarsRewardTrainer": "trl_mars.training.trainer",
+    "MarsRewardFunction": "trl_mars.align.rewards",
+    "MarsAugmentationCallback": "trl_mars.training.callback",
     "AugmentationCache": "trl_mars.augment.cache",
-    "allocate": "trl_mars.allocation",
+    "allocate": "trl_mars.mars.allocation",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -13,10 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import mars_args, tiny_rows  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-import trl_mars.trainer_services as services_module  # noqa: E402
+import trl_mars.training.services as services_module  # noqa: E402
 from trl_mars.augment.lexical import LexicalParaphraser  # noqa: E402
-from trl_mars.data import column_values  # noqa: E402
-from trl_mars.trainer import MarsRewardTrainer  # noqa: E402
+from trl_mars.data.preferences import column_values  # noqa: E402
+from trl_mars.training.trainer import MarsRewardTrainer  # noqa: E402
 
 
 class CountingParaphraser(LexicalParaphraser):

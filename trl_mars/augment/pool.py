@@ -12,10 +12,9 @@ returns the whole pool and the caller reports the shortfall.
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from ..allocation import _as_count
+from ..mars.allocation import _as_count
 
 __all__ = ["OPERATIONS", "operation_for", "pool_size", "sample_pairs"]
 

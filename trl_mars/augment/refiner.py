@@ -36,7 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from .base import Embedder, PreferenceCheck, RefinementRequest, RefinementResult, RefinementStats
+from .base import (
+    Embedder,
+    PreferenceCheck,
+    RefinementRequest,
+    RefinementResult,
+    RefinementStats,
+)
 from .client import ChatClient
 from .templates import Messages, load_template
 

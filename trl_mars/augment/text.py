@@ -19,7 +19,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Embedder, PreferenceCheck, ProgressLine, RefinementRequest, TextGenerator
+from .base import (
+    Embedder,
+    PreferenceCheck,
+    ProgressLine,
+    RefinementRequest,
+    TextGenerator,
+)
 from .chat import ChatJudge
 from .refiner import ChatRefiner, HarmCheck
 from .seq2seq import filter_paraphrases

@@ -1,0 +1,1 @@
+"""Aligning a policy with a MARS reward model: the reward function and the RLOO/GRPO/PPO wiring."""

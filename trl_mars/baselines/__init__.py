@@ -1,0 +1,1 @@
+"""The baselines MARS is compared with: AdaBoost loss weights and West-of-N."""

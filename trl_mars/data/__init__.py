@@ -1,0 +1,1 @@
+"""Preference data: loading, validation, normalisation and tokenisation."""
