@@ -1,18 +1,18 @@
 """Cost of aligning a policy with a MARS reward model: peak memory, generated tokens/s and seconds per step.
 
-The policies are TinyLlama-1.1B- and Llama-3.2-1B-shaped (sizes from their published configs, `trl_mars.align.tiny_policy`)
-with *random weights* and a word-level tokenizer of the same vocabulary size, because no checkpoint can be
-downloaded here; LoRA r 16 / alpha 32 on attention and MLP projections, as in the paper. Random weights rarely emit
-EOS, so every completion runs to `--max-completion-length`: the numbers are the cost of that length, not of a real
-chat model's (usually shorter) answers. The reward model is the packaged all-MiniLM-L6-v2 with a scalar head, called
-through `MarsRewardFunction` exactly as in training. `tiny` runs on a CPU in seconds.
+The policies are TinyLlama-1.1B- and Llama-3.2-1B-shaped (sizes from their published configs,
+`trl_mars.align.tiny_policy`) with *random weights* and a word-level tokenizer of the same vocabulary size, because no
+checkpoint can be downloaded here; LoRA r 16 / alpha 32 on attention and MLP projections, as in the paper. Random
+weights rarely emit EOS, so every completion runs to `--max-completion-length`: the numbers are the cost of that length,
+not of a real chat model's (usually shorter) answers. The reward model is the packaged all-MiniLM-L6-v2 with a scalar
+head, called through `MarsRewardFunction` exactly as in training. `tiny` runs on a CPU in seconds.
 
 Second mode, `--evaluate ADAPTER`: the mean reward of a real policy before and after alignment. The base policy
 (default the packaged SmolLM2-135M-Instruct) and the aligned one (base + the LoRA adapter folder that
 `recipes/ppo_align.py` saved) answer the 64 held-out prompts shipped in `trl_mars/resources/align_prompts_heldout.jsonl`
-with identical decoding (greedy, the same `--max-new-tokens`, batched the same way, `trl_mars.eval.winrate`'s generation,
-prompts formatted and truncated by `trl_mars.align.alignment.prepare_prompts` as in training), and `MarsRewardFunction`
-scores every answer with the reward model of the run, encoded as the recipe encodes it:
+with identical decoding (greedy, the same `--max-new-tokens`, batched the same way, `trl_mars.eval.winrate`'s
+generation, prompts formatted and truncated by `trl_mars.align.alignment.prepare_prompts` as in training), and
+`MarsRewardFunction` scores every answer with the reward model of the run, encoded as the recipe encodes it:
 
     python benchmarks/bench_align.py --evaluate outputs/smollm2-135m-instruct-rloo-offline \
         --reward-model outputs/mars-rm-minilm-embedded --max-new-tokens 32 --output-json outputs/align_eval.json

@@ -22,6 +22,6 @@ def test_embedded_defaults_and_their_yaml_agree_key_by_key():
             differences.append(f"  {key}: {from_yaml[key]!r} in the YAML, missing from EMBEDDED_DEFAULTS")
         elif (type(from_yaml[key]), from_yaml[key]) != (type(EMBEDDED_DEFAULTS[key]), EMBEDDED_DEFAULTS[key]):
             differences.append(f"  {key}: EMBEDDED_DEFAULTS {EMBEDDED_DEFAULTS[key]!r}, YAML {from_yaml[key]!r}")
-    assert not differences, (f"trl_mars/recipe.py EMBEDDED_DEFAULTS and {YAML_PATH.name} differ:\n"
+    assert not differences, (f"trl_mars/cli/recipe.py EMBEDDED_DEFAULTS and {YAML_PATH.name} differ:\n"
                              + "\n".join(differences) + "\nMake them equal (the recipe's no-argument run is the "
                              "reference).")

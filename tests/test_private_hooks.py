@@ -1,4 +1,5 @@
-"""`trl_mars.training.loop.PRIVATE_HOOKS`: every Trainer internal the package overrides is listed and checked at import."""
+"""`trl_mars.training.loop.PRIVATE_HOOKS`: every Trainer internal the package overrides is listed and checked at
+import."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def test_the_table_lists_exactly_the_overridden_trainer_internals():
     overridden = _overridden_trainer_internals()
     unlisted = sorted(set(overridden) - set(PRIVATE_HOOKS))
     assert not unlisted, (f"{[f'{overridden[n]}.{n}' for n in unlisted]} override transformers.Trainer internals "
-                          "but are missing from trl_mars.training.loop.PRIVATE_HOOKS: add them with the parameters they use.")
+                          "but are missing from trl_mars.training.loop.PRIVATE_HOOKS: add them with the parameters "
+                          "they use.")
     stale = sorted(set(PRIVATE_HOOKS) - set(overridden))
     assert not stale, f"PRIVATE_HOOKS lists {stale}, which no trl-mars class overrides any more: remove them."
 

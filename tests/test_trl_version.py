@@ -1,4 +1,5 @@
-"""The TRL version guard in `trl_mars.training.config`: a clear import-time error outside the range pyproject.toml pins."""
+"""The TRL version guard in `trl_mars.training.config`: a clear import-time error outside the range pyproject.toml
+pins."""
 
 from __future__ import annotations
 

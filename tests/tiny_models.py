@@ -1,5 +1,5 @@
-"""Test assets built offline: a tiny random Llama (trl_mars.align.tiny_policy) over the test vocabulary, and MiniLM reward
-models with a fresh scalar head, saved full or as a LoRA adapter, as MarsRewardTrainer saves them."""
+"""Test assets built offline: a tiny random Llama (trl_mars.align.tiny_policy) over the test vocabulary, and MiniLM
+reward models with a fresh scalar head, saved full or as a LoRA adapter, as MarsRewardTrainer saves them."""
 
 from __future__ import annotations
 

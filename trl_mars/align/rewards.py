@@ -44,8 +44,8 @@ def as_text_pair(prompt: str | list[dict], completion: str | list[dict]) -> tupl
     """A (prompt, completion) in the standard format a plain-text preference pair has.
 
     A prompt of one user message becomes its content (what a plain-text prompt is); a longer conversation is
-    rendered as "Role: content" turns, as `trl_mars.data.preferences.render_conversation_example` renders a conversational
-    prompt for training. The completion becomes the text of its last message.
+    rendered as "Role: content" turns, as `trl_mars.data.preferences.render_conversation_example` renders a
+    conversational prompt for training. The completion becomes the text of its last message.
     """
     if isinstance(prompt, list):
         if len(prompt) == 1 and prompt[0].get("role") == "user":
@@ -132,9 +132,9 @@ class MarsRewardFunction:
     def encode(self, prompt: str | list[dict], completion: str | list[dict]) -> list[int]:
         """Token ids of one (prompt, completion), exactly as `MarsRewardTrainer` encodes a training response.
 
-        The pair goes through `trl_mars.data.preferences.tokenize_pair`, the function training tokenises with, so a conversation
-        is encoded as training encodes a conversational pair: with the reward tokenizer's chat template, or (no
-        template: BERT & co.) rendered as "Role: content" turns, the completion keeping its "Assistant:" role.
+        The pair goes through `trl_mars.data.preferences.tokenize_pair`, the function training tokenises with, so a
+        conversation is encoded as training encodes a conversational pair: with the reward tokenizer's chat template, or
+        (no template: BERT & co.) rendered as "Role: content" turns, the completion keeping its "Assistant:" role.
         With `input_format="text"` a conversation is first flattened to the standard format (`as_text_pair`), for
         reward models trained on plain-text pairs.
         """

@@ -28,8 +28,8 @@ _PROBE_TIMEOUT_S = 10.0
 class ModelSourceError(ValueError):
     """A model (or the chat endpoint that serves one) named in the configuration cannot be used on this machine.
 
-    A `ValueError`, so the recipes print it as one line (`trl_mars.cli.arguments.SETUP_ERRORS`); the message says which setting
-    to change and how. `trl_mars.training.preflight.PreflightError` is the same class.
+    A `ValueError`, so the recipes print it as one line (`trl_mars.cli.arguments.SETUP_ERRORS`); the message says which
+    setting to change and how. `trl_mars.training.preflight.PreflightError` is the same class.
     """
 
 

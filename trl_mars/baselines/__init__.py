@@ -1,1 +1,2 @@
-"""The baselines MARS is compared with: AdaBoost loss weights and West-of-N."""
+"""The round strategies MARS is compared with: AdaBoost (per-pair loss weights) and West-of-N (best vs worst of N
+scored candidates)."""

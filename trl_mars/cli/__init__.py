@@ -1,1 +1,2 @@
-"""The recipes' command line: arguments, errors, logging set-up and the reward-model recipe."""
+"""The recipes' command line: the argument parser, set-up errors and logging (`arguments`), and the reward-model
+recipe as importable code (`recipe`)."""

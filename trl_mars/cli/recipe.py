@@ -1,8 +1,8 @@
 """The reward-model recipe as importable code: script arguments, the offline defaults, `build_trainer()` and
 `train_and_save()`.
 
-`recipes/mars_rm.py` only parses arguments (YAML config + CLI, the TRL way, with `trl_mars.cli.arguments.MarsParser`) and
-calls these, so everything a recipe does can be imported and reused from `trl_mars`.
+`recipes/mars_rm.py` only parses arguments (YAML config + CLI, the TRL way, with `trl_mars.cli.arguments.MarsParser`)
+and calls these, so everything a recipe does can be imported and reused from `trl_mars`.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Preference data: loading, validation, normalisation and tokenisation."""
+"""Preference data: loading, validating and normalising pairs (`preferences`), and tokenising a round's synthetic
+pairs like the originals (`tokenization`)."""

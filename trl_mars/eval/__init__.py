@@ -1,1 +1,2 @@
-"""Evaluation and reporting: held-out figures, evidence files, reward-model evaluation, win rate, the comparison harness."""
+"""Evaluation and reporting: reward-model evaluation, held-out figures, evidence files and run reports, win rate,
+and the comparison harness (`compare`)."""

@@ -178,7 +178,8 @@ def _majority(train, evaluation, args: CompareArguments) -> dict[str, Any] | Non
 
 
 def prepare_folds(name: str, args: CompareArguments) -> list[GridDataset]:
-    """`args.folds` train/held-out splits of one dataset (`data.fold_splits`), each pair held out exactly once."""
+    """`args.folds` train/held-out splits of one dataset (`data.preferences.fold_splits`), each pair held out exactly
+    once."""
     from ..data.preferences import fold_splits
 
     pool, test = load_preference_splits(name, eval_fraction=0, seed=args.split_seed,

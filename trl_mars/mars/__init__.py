@@ -1,1 +1,2 @@
-"""The method: margins, allocation, semantic labels, the MARS round, and the strategy protocol."""
+"""The MARS method itself: margin scoring, budget allocation, semantic labels, one augmentation round, and the
+strategy protocol and registry that every round strategy plugs into."""

@@ -1,1 +1,2 @@
-"""Training: `MarsRewardTrainer`, the callback that runs rounds, the Trainer adapter and its guards, the settings."""
+"""Training with MARS rounds: `MarsRewardConfig`, `MarsRewardTrainer`, the callback that runs each round, and the
+Trainer adapter, plan guard, checkpoints and start-up checks it relies on."""

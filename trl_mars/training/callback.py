@@ -8,9 +8,9 @@
 A round runs in `on_epoch_begin` (round t opens epoch `mars_warmup_epochs + t - 1`), so it scores margins with
 r^{t-1}, the model after the previous epochs, and epoch t trains on D^t, as in the paper's Algorithm 1. Moving the
 epoch onto the grown dataset needs Trainer internals no callback event reaches: `attach` mixes the small adapter of
-`trl_mars.training.loop` into the trainer's class, and `trl_mars.training.plan_guard` checks at every epoch and after `train()` that
-the rounds that ran, the epoch sizes and the step count match the plan, so a transformers release that stops calling
-the adapter fails loudly instead of training without augmentation.
+`trl_mars.training.loop` into the trainer's class, and `trl_mars.training.plan_guard` checks at every epoch and after
+`train()` that the rounds that ran, the epoch sizes and the step count match the plan, so a transformers release that
+stops calling the adapter fails loudly instead of training without augmentation.
 
 The callback handles Trainer's events, grows D^t and applies loss weights, and leaves the rest to its collaborators:
 - `trl_mars.training.services.TrainerServices`: scoring with r^{t-1}, sharding generation across ranks, semantic labels
@@ -182,7 +182,8 @@ class MarsAugmentationCallback(TrainerCallback):
         return self
 
     def _attach_weighted_loss(self, trainer: Trainer) -> None:
-        """Weights reach the loss through `source_index` (see `trl_mars.baselines.adaboost`); all 1 until a round sets them."""
+        """Weights reach the loss through `source_index` (see `trl_mars.baselines.adaboost`); all 1 until a round sets
+        them."""
         import torch
 
         if SOURCE_INDEX not in trainer.train_dataset.column_names:  # a plain RewardTrainer's prepared set

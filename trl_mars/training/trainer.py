@@ -4,11 +4,11 @@ How it fits into `transformers.Trainer`:
 
 - `MarsAugmentationCallback` (installed here by default, usable with any RewardTrainer subclass) decides when a
   round runs and runs it at the start of its epoch; see `trl_mars.training.callback`.
-- `trl_mars.training.loop.GrowingDatasetLoop` is the one small adapter onto Trainer internals a growing dataset needs (the
-  epoch's dataloader and step counts, the run's total steps, resuming into epochs of different lengths); the callback
-  checks that the rounds and steps that ran match the plan.
-- `trl_mars.baselines.adaboost.WeightedLossMixin` overrides `compute_loss` (as TRL's RewardTrainer itself does) to weight
-  each pair's loss whenever the callback attaches weights: `mars_strategy="adaboost"`, `mars_weight_originals` or
+- `trl_mars.training.loop.GrowingDatasetLoop` is the one small adapter onto Trainer internals a growing dataset needs
+  (the epoch's dataloader and step counts, the run's total steps, resuming into epochs of different lengths); the
+  callback checks that the rounds and steps that ran match the plan.
+- `trl_mars.baselines.adaboost.WeightedLossMixin` overrides `compute_loss` (as TRL's RewardTrainer itself does) to
+  weight each pair's loss whenever the callback attaches weights: `mars_strategy="adaboost"`, `mars_weight_originals` or
   a `mars_synthetic_weight` other than 1; otherwise it is TRL's loss unchanged.
 - This class adds what is specific to the data: validation before the model loads, encoder tokenizers without an
   EOS token and keep-the-end truncation in `_prepare_dataset` (TRL crashes on the former and drops long examples),
