@@ -10,7 +10,7 @@ head, called through `MarsRewardFunction` exactly as in training. `tiny` runs on
 Second mode, `--evaluate ADAPTER`: the mean reward of a real policy before and after alignment. The base policy
 (default the packaged SmolLM2-135M-Instruct) and the aligned one (base + the LoRA adapter folder that
 `recipes/ppo_align.py` saved) answer the 64 held-out prompts shipped in `trl_mars/resources/align_prompts_heldout.jsonl`
-with identical decoding (greedy, the same `--max-new-tokens`, batched the same way, `trl_mars.eval.winrate`'s
+with identical decoding (greedy, the same `--max-new-tokens`, batched the same way, `trl_mars.align.winrate`'s
 generation, prompts formatted and truncated by `trl_mars.align.alignment.prepare_prompts` as in training), and
 `MarsRewardFunction` scores every answer with the reward model of the run, encoded as the recipe encodes it:
 
@@ -77,7 +77,11 @@ def run_shape(shape: str, args, reward_dir: str) -> dict:
 
     from trl_mars.align.alignment import LORA_TARGETS, prepare_prompts
     from trl_mars.align.rewards import MarsRewardFunction
-    from trl_mars.align.tiny_policy import LLAMA_SHAPES, build_random_llama, build_word_tokenizer
+    from trl_mars.align.tiny_policy import (
+        LLAMA_SHAPES,
+        build_random_llama,
+        build_word_tokenizer,
+    )
 
     cuda = torch.cuda.is_available()
     prompts = embedded_prompts()
@@ -165,9 +169,9 @@ def evaluate(args) -> dict:
     import torch
 
     from trl_mars.align.alignment import load_prompts, prepare_prompts
-    from trl_mars.augment.packaged import resolve_packaged_model
     from trl_mars.align.rewards import MarsRewardFunction
-    from trl_mars.eval.winrate import generate_responses, load_policy
+    from trl_mars.align.winrate import generate_responses, load_policy
+    from trl_mars.augment.packaged import resolve_packaged_model
 
     rows = load_prompts(args.prompts_dataset, split=args.prompts_split)
     reward = MarsRewardFunction(args.reward_model, max_length=args.reward_max_length, batch_size=64,

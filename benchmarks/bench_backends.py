@@ -178,7 +178,11 @@ def bench_serve(path: str, n_texts: int, max_tokens: int, concurrency: int) -> d
 
 def tiny_t5_base(texts: list[str]):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+    from transformers import (
+        PreTrainedTokenizerFast,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     tokenizer = Tokenizer(models.WordPiece(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()

@@ -32,10 +32,14 @@ def main() -> None:
 
     from trl_mars.augment.cache import AugmentationCache
     from trl_mars.augment.embedding import SentenceTransformerEmbedder
-    from trl_mars.augment.text import TextParaphraser, clean_answer
-    from trl_mars.training.config import (DEFAULT_MAX_PARAPHRASE_SIMILARITY, DEFAULT_MIN_PARAPHRASE_SIMILARITY,
-                                          PACKAGED_MINILM, MarsRewardConfig)
     from trl_mars.augment.factory import build_local_engine
+    from trl_mars.augment.text import TextParaphraser, clean_answer
+    from trl_mars.training.config import (
+        DEFAULT_MAX_PARAPHRASE_SIMILARITY,
+        DEFAULT_MIN_PARAPHRASE_SIMILARITY,
+        PACKAGED_MINILM,
+        MarsRewardConfig,
+    )
 
     rows = []
     with open(args.data, encoding="utf-8") as handle:

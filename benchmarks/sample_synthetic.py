@@ -36,9 +36,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from trl_mars.augment.embedding import SentenceTransformerEmbedder
-    from trl_mars.eval.compare import CompareArguments, dataset_key, prepare_dataset
-    from trl_mars.training.config import PACKAGED_MINILM
+    from trl_mars.cli.compare import CompareArguments, dataset_key, prepare_dataset
     from trl_mars.data.preferences import response_text, to_explicit_prompt
+    from trl_mars.training.config import PACKAGED_MINILM
 
     grid = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     names = {f.name for f in dataclasses.fields(CompareArguments)}

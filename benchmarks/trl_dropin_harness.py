@@ -183,9 +183,18 @@ def _write_configs(folder: Path, configs: dict) -> None:
 def build_models(root: Path) -> None:
     import torch
     import trl
-    from transformers import (AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen3MoeConfig,
-                              Qwen3MoeForCausalLM)
+    from transformers import (
+        AutoTokenizer,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen2ForSequenceClassification,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+    )
 
     from trl_mars.augment.model_source import resolve_packaged_model
 

@@ -6,7 +6,7 @@
 
 Every MarsRewardConfig field (learning_rate, mars_tau, mars_budget_ratio, ...) is shared by all cells and settable
 from the YAML or the CLI; named variants override fields per cell. Rerunning the same command reuses finished
-cells. All logic lives in `trl_mars.eval.compare`.
+cells. All logic lives in `trl_mars.cli.compare`.
 """
 
 import logging
@@ -15,7 +15,7 @@ from trl import ModelConfig, TrlParser
 
 from trl_mars import MarsRewardConfig
 from trl_mars.cli.arguments import configure_logging
-from trl_mars.eval.compare import COMPARE_DEFAULTS, CompareArguments, run_grid
+from trl_mars.cli.compare import COMPARE_DEFAULTS, CompareArguments, run_grid
 
 if __name__ == "__main__":
     # trl-mars's INFO lines (round progress, the local engine's progress off a terminal), as recipes/mars_rm.py

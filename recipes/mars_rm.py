@@ -17,7 +17,12 @@ from trl import ModelConfig
 
 from trl_mars import MarsRewardConfig
 from trl_mars.cli.arguments import MarsParser, exit_on_setup_error
-from trl_mars.cli.recipe import EMBEDDED_DEFAULTS, MarsScriptArguments, build_trainer, train_and_save
+from trl_mars.cli.recipe import (
+    EMBEDDED_DEFAULTS,
+    MarsScriptArguments,
+    build_trainer,
+    train_and_save,
+)
 
 if __name__ == "__main__":
     parser = MarsParser((MarsScriptArguments, MarsRewardConfig, ModelConfig), recipe_defaults=EMBEDDED_DEFAULTS)

@@ -14,12 +14,12 @@ the openai judge, e.g. a local `transformers serve` of the packaged model (it ch
         --judge_model ~/.cache/trl_mars/packaged/SmolLM2-135M-Instruct-0.1.2
 
 Verdicts are one letter (A or B); the summary reports how many answers named neither (the parse rate).
-All logic lives in `trl_mars.eval.winrate`.
+All logic lives in `trl_mars.align.winrate`.
 """
 
 from trl import TrlParser
 
-from trl_mars.eval.winrate import WinRateArguments, run_winrate
+from trl_mars.align.winrate import WinRateArguments, run_winrate
 
 if __name__ == "__main__":
     (args,) = TrlParser((WinRateArguments,)).parse_args_and_config()

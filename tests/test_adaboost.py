@@ -14,7 +14,11 @@ from datasets import Dataset
 from trl import RewardTrainer
 
 from trl_mars import MarsAugmentationCallback
-from trl_mars.baselines.adaboost import SourceIndexCollator, adaboost_round, weighted_bradley_terry_loss
+from trl_mars.baselines.adaboost import (
+    SourceIndexCollator,
+    adaboost_round,
+    weighted_bradley_terry_loss,
+)
 from trl_mars.mars.allocation import adaboost_weights
 from trl_mars.mars.rounds import RoundInputs
 from trl_mars.training.trainer import MarsRewardTrainer

@@ -12,7 +12,12 @@ import pytest
 import yaml
 from tiny_models import save_minilm_reward_model
 
-from trl_mars.align.alignment import ALIGN_DEFAULTS, AlignScriptArguments, config_class, hh_transcript_to_messages
+from trl_mars.align.alignment import (
+    ALIGN_DEFAULTS,
+    AlignScriptArguments,
+    config_class,
+    hh_transcript_to_messages,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIGN_CONFIGS = sorted(p for p in (ROOT / "recipes").glob("*/*/config_*.yaml") if p.parent.name in ("rloo", "grpo"))

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import TOPICS
 from tiny_models import build_tokenizer, save_minilm_reward_model, save_tiny_llama
 
 from trl_mars.align.alignment import (
@@ -15,7 +16,6 @@ from trl_mars.align.alignment import (
     requested_trainer,
     truncate_prompt,
 )
-from conftest import TOPICS
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trl_mars.mars.allocation import (
-    cap_probabilities,
     Allocation,
     adaboost_weights,
     allocate,
     allocation_entropy,
     allocation_probabilities,
+    cap_probabilities,
     integer_budgets,
     margin_statistics,
     split_budget,

@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
-
 from openai_server import TEST_KEY_ENV, openai_server  # noqa: F401
+
 from trl_mars.augment.base import Paraphraser
 from trl_mars.augment.cache import CACHE_FILENAME, AugmentationCache
 from trl_mars.augment.cached import CachedParaphraser, paraphrase_key

@@ -12,8 +12,8 @@ from transformers import Trainer
 from trl import RewardTrainer
 
 from trl_mars import MarsAugmentationCallback
-from trl_mars.training.plan_guard import RoundPlanError
 from trl_mars.eval.reporting import QuietProgressCallback
+from trl_mars.training.plan_guard import RoundPlanError
 from trl_mars.training.trainer import MarsRewardTrainer
 
 

@@ -8,12 +8,23 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from openai_server import (  # noqa: F401
+    TEST_KEY,
+    TEST_KEY_ENV,
+    FakeOpenAIServer,
+    free_port,
+    openai_server,
+)
 
-from openai_server import TEST_KEY, TEST_KEY_ENV, FakeOpenAIServer, free_port, openai_server  # noqa: F401
 from trl_mars.augment.base import Paraphraser
 from trl_mars.augment.cache import AugmentationCache
 from trl_mars.augment.cached import CachedParaphraser
-from trl_mars.augment.chat import ChatClient, ChatJudge, ChatParaphraser, render_messages
+from trl_mars.augment.chat import (
+    ChatClient,
+    ChatJudge,
+    ChatParaphraser,
+    render_messages,
+)
 
 
 def make_client(server: FakeOpenAIServer, **kwargs) -> ChatClient:

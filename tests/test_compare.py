@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_rows
 
-from trl_mars.eval.compare import CompareArguments, parse_variants, run_grid
+from trl_mars.cli.compare import CompareArguments, parse_variants, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_recipe_help():
 
 
 def test_a_setting_added_after_a_cell_ran_keeps_the_cell_when_left_at_its_default(tmp_path):
-    from trl_mars.eval.compare import Cell, GridDataset, load_finished
+    from trl_mars.cli.compare import Cell, GridDataset, load_finished
 
     compare, training, _ = _args(tmp_path)
     dataset = GridDataset(key="pairs", name="pairs.jsonl", train=None, evaluation=None, majority=None,
@@ -131,7 +131,7 @@ def test_a_setting_added_after_a_cell_ran_keeps_the_cell_when_left_at_its_defaul
 
 def test_paired_difference_by_hand():
     """Seed-paired accuracy differences and the per-pair standard error, computed by hand (a tie is wrong)."""
-    from trl_mars.eval.compare import _paired_text, paired_difference
+    from trl_mars.cli.compare import _paired_text, paired_difference
 
     plain = [{"seed": 1, "accuracy": 0.5, "eval_margins": [1.0, -1.0, 1.0, -1.0]},
              {"seed": 2, "accuracy": 0.5, "eval_margins": [1.0, 1.0, -1.0, -1.0]}]

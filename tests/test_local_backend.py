@@ -18,7 +18,11 @@ from tiny_models import save_tiny_llama
 from trl_mars.augment.cache import AugmentationCache
 from trl_mars.augment.engine import LocalEngine
 from trl_mars.augment.fidelity import FidelityFilter, similarity_verdicts
-from trl_mars.augment.packaged import PACKAGED_SMOLLM2, PackagedModelError, resolve_packaged_model
+from trl_mars.augment.packaged import (
+    PACKAGED_SMOLLM2,
+    PackagedModelError,
+    resolve_packaged_model,
+)
 from trl_mars.augment.text import TextJudge, TextParaphraser, clean_answer
 
 
@@ -325,7 +329,12 @@ def test_round_line_reports_the_fidelity_counts():
 
 
 def test_local_settings_resolve_their_default_models(tmp_path):
-    from trl_mars.augment.factory import build_cache, build_judge, build_local_engine, build_paraphraser
+    from trl_mars.augment.factory import (
+        build_cache,
+        build_judge,
+        build_local_engine,
+        build_paraphraser,
+    )
 
     args = mars_args(tmp_path, mars_paraphraser="local", mars_refiner="local")
     assert args.refiner_model == PACKAGED_SMOLLM2

@@ -19,9 +19,9 @@ def test_versions_without_the_hooks_fail_with_the_fix(version):
 
 
 def test_the_installed_version_is_supported_and_pyproject_says_the_same():
-    import tomllib
     from pathlib import Path
 
+    import tomllib
     import transformers
 
     check_transformers_version(transformers.__version__)

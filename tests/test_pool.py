@@ -1,4 +1,4 @@
-"""Tests for trl_mars.augment.pool: pool size, seeded sampling of candidate pairs, operation labels."""
+"""Tests for trl_mars.mars.pool: pool size, seeded sampling of candidate pairs, operation labels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trl_mars.mars.allocation import split_budget
-from trl_mars.augment.pool import operation_for, pool_size, sample_pairs
+from trl_mars.mars.pool import operation_for, pool_size, sample_pairs
 
 FAST = settings(max_examples=150, deadline=None)
 

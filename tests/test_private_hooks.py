@@ -7,7 +7,12 @@ import pytest
 from transformers import Trainer
 
 from trl_mars.baselines.adaboost import WeightedLossMixin
-from trl_mars.training.loop import PRIVATE_HOOKS, SUPPORTED_TRANSFORMERS, GrowingDatasetLoop, check_trainer_hooks
+from trl_mars.training.loop import (
+    PRIVATE_HOOKS,
+    SUPPORTED_TRANSFORMERS,
+    GrowingDatasetLoop,
+    check_trainer_hooks,
+)
 from trl_mars.training.trainer import MarsRewardTrainer
 
 OVERRIDING_CLASSES = (GrowingDatasetLoop, WeightedLossMixin, MarsRewardTrainer)

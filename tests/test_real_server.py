@@ -12,8 +12,8 @@ import zlib
 
 import numpy as np
 import pytest
-
 from real_server import SAMPLING_BODY
+
 from trl_mars.augment.base import RefinementRequest, TextGenerator
 from trl_mars.augment.cache import AugmentationCache
 from trl_mars.augment.client import ChatClient, ChatTextGenerator, parse_option

@@ -9,8 +9,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from openai_server import TEST_KEY_ENV, default_rewrite, openai_server, parse_blocks  # noqa: F401
 
-from openai_server import TEST_KEY_ENV, default_rewrite, parse_blocks, openai_server  # noqa: F401
 from trl_mars.augment.base import RefinementRequest, Refiner
 from trl_mars.augment.cache import AugmentationCache
 from trl_mars.augment.chat import ChatClient, ChatJudge

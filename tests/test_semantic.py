@@ -12,7 +12,6 @@ import pytest
 from trl_mars.augment.base import Embedder
 from trl_mars.augment.cache import AugmentationCache
 from trl_mars.augment.model_source import ModelSourceError
-from trl_mars.training.config import PACKAGED_MINILM
 from trl_mars.mars.semantic import (
     SentenceTransformerEmbedder,
     check_embedding_model,
@@ -20,6 +19,7 @@ from trl_mars.mars.semantic import (
     semantic_distances,
     semantic_labels,
 )
+from trl_mars.training.config import PACKAGED_MINILM
 
 # Fixed unit vectors for the fake embedder.
 VECTORS = {

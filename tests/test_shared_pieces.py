@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from trl_mars.eval import evaluation, modeling, winrate
-from trl_mars.align import rewards
+from trl_mars.align import rewards, winrate
+from trl_mars.eval import evaluation, modeling
 from trl_mars.mars.scoring import LocalAccelerator
 
 
@@ -75,7 +75,10 @@ def test_local_accelerator_view_of_a_real_one():
 
 def test_every_data_loader_dispatches_the_same_way(tmp_path):
     from trl_mars.align.alignment import load_prompts
-    from trl_mars.data.preferences import load_evaluation_dataset, load_preference_splits
+    from trl_mars.data.preferences import (
+        load_evaluation_dataset,
+        load_preference_splits,
+    )
 
     missing = str(tmp_path / "missing.jsonl")
     for load in (load_preference_splits, load_evaluation_dataset, load_prompts):

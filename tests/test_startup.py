@@ -125,7 +125,11 @@ def test_only_the_models_the_config_needs_are_checked(tmp_path, minilm_path, mon
 def test_a_model_error_is_one_clean_line(capsys, monkeypatch):
     # the back-ends' model check and the trainer's start-up check raise one type, which the recipes print as one line
     from trl_mars.augment.embedding import check_embedding_model
-    from trl_mars.cli.arguments import EXIT_SETUP_ERROR, TRACEBACK_ENV, exit_on_setup_error
+    from trl_mars.cli.arguments import (
+        EXIT_SETUP_ERROR,
+        TRACEBACK_ENV,
+        exit_on_setup_error,
+    )
 
     assert PreflightError is ModelSourceError and issubclass(ModelSourceError, ValueError)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

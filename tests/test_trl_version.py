@@ -3,10 +3,10 @@ pins."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import trl
 
 from trl_mars.training.config import SUPPORTED_TRL, check_trl_version

@@ -14,8 +14,6 @@ from tiny_models import save_tiny_llama
 
 from trl_mars.augment.client import ChatClient
 from trl_mars.augment.lexical import LexicalParaphraser
-from trl_mars.mars.rounds import RoundInputs
-from trl_mars.training.trainer import MarsRewardTrainer
 from trl_mars.baselines.west_of_n import (
     CausalLMGenerator,
     ChatGenerator,
@@ -24,6 +22,8 @@ from trl_mars.baselines.west_of_n import (
     west_of_n_pairs,
     west_of_n_round,
 )
+from trl_mars.mars.rounds import RoundInputs
+from trl_mars.training.trainer import MarsRewardTrainer
 
 
 def test_pairs_are_argmax_and_argmin_of_each_draw():

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TOPICS
 from openai_server import TEST_KEY_ENV, openai_server  # noqa: F401  (fixture)
 from tiny_models import save_minilm_reward_model, save_tiny_llama
 
-from conftest import TOPICS
-from trl_mars.eval.winrate import (
+from trl_mars.align.winrate import (
     WinRateArguments,
     both_orders,
     run_winrate,
@@ -33,9 +33,7 @@ def policies(tmp_path_factory):
     """Policy B: a tiny random Llama with a chat template; policy A: a LoRA adapter on it (saved as
     MarsRewardTrainer/RLOO save them)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("policies")
     base = save_tiny_llama(root / "base")
@@ -153,8 +151,8 @@ class ScriptedGenerator:
 
 
 def test_any_text_generator_judges_and_position_bias_gives_ties():
+    from trl_mars.align.winrate import TextPairwiseJudge
     from trl_mars.augment.base import TextGenerator
-    from trl_mars.eval.winrate import TextPairwiseJudge
 
     generator = ScriptedGenerator()
     assert isinstance(generator, TextGenerator)
@@ -245,7 +243,7 @@ def test_local_judge_in_both_orders(policies, tmp_path):
 
 
 def test_policy_without_a_chat_template_is_a_clear_error(tmp_path, policies):
-    from trl_mars.eval.winrate import generate_responses
+    from trl_mars.align.winrate import generate_responses
 
     with pytest.raises(ValueError, match="chat template"):
         generate_responses(None, None, ["a text prompt"])

@@ -103,11 +103,10 @@ def _cached_paraphraser(args: MarsRewardConfig, cache: AugmentationCache) -> Par
 
         inner: Paraphraser = LexicalParaphraser(seed=args.effective_mars_seed)
     elif args.mars_paraphraser == "seq2seq":
-        from ..training.config import DEFAULT_SEQ2SEQ_PARAPHRASER
-        from .seq2seq import Seq2SeqParaphraser
+        from .seq2seq import DEFAULT_MODEL, Seq2SeqParaphraser
 
         inner = Seq2SeqParaphraser(
-            args.mars_paraphraser_model or DEFAULT_SEQ2SEQ_PARAPHRASER,
+            args.mars_paraphraser_model or DEFAULT_MODEL,
             batch_size=args.mars_paraphraser_batch_size,
             num_beams=args.mars_num_beams,
             no_repeat_ngram_size=args.mars_no_repeat_ngram_size,

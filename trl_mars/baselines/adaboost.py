@@ -195,10 +195,3 @@ class WeightedLossMixin:
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
         return (loss, outputs) if return_outputs else loss
-
-
-def with_weighted_loss(trainer_class: type) -> type:
-    """`trainer_class` with `WeightedLossMixin` mixed in (the class itself when it already has it)."""
-    from ..training.loop import mix_in
-
-    return mix_in(WeightedLossMixin, trainer_class)

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from ..augment.base import RefinementRequest, paraphrase_requests
-from ..augment.pool import operation_for, pool_size, sample_pairs
 from ..data.preferences import prompt_text, response_text, with_response_text
 from .allocation import (
     Allocation,
@@ -46,6 +45,7 @@ from .allocation import (
     margin_statistics,
     total_budget,
 )
+from .pool import operation_for, pool_size, sample_pairs
 from .strategies import (
     RoundInputs,
     RoundResult,

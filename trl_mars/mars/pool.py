@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mars.allocation import _as_count
+from .allocation import _as_count
 
 __all__ = ["OPERATIONS", "operation_for", "pool_size", "sample_pairs"]
 

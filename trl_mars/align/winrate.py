@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..augment.templates import load_template
-from .modeling import load_causal_lm as load_policy
+from ..eval.modeling import load_causal_lm as load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def build_judge(args: WinRateArguments):
     if args.judge == "reward_model":
         if not args.reward_model_name_or_path:
             raise ValueError("--judge reward_model needs --reward_model_name_or_path.")
-        from ..align.rewards import MarsRewardFunction
+        from .rewards import MarsRewardFunction
 
         return RewardModelJudge(MarsRewardFunction(args.reward_model_name_or_path))
     cache = None
@@ -296,8 +296,8 @@ def _local_generator(model: str, cache, seed: int):
 
 def run_winrate(args: WinRateArguments) -> dict[str, Any]:
     """Generates with both policies, judges in both orders, writes `output_json`, returns the summary."""
-    from ..align.alignment import load_prompts, prepare_prompts
     from ..data.preferences import prompt_text
+    from .alignment import load_prompts, prepare_prompts
 
     judge = build_judge(args)  # first: a missing key fails before any model is loaded
     dataset = load_prompts(args.dataset_name, config=args.dataset_config, split=args.dataset_split,

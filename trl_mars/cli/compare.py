@@ -169,7 +169,7 @@ def fingerprint(dataset) -> str:
 
 
 def _majority(train, evaluation, args: CompareArguments) -> dict[str, Any] | None:
-    from .evaluation import majority_baseline
+    from ..eval.evaluation import majority_baseline
 
     if args.majority_column in train.column_names and args.majority_column in evaluation.column_names:
         return majority_baseline(column_values(train, args.majority_column),
@@ -203,7 +203,7 @@ def pool_folds(results: list[dict[str, Any]], datasets: list[GridDataset]) -> tu
     margins concatenated in fold order), and one GridDataset per pooled dataset for `summarise`."""
     from datasets import concatenate_datasets
 
-    from .evaluation import evaluate_margins
+    from ..eval.evaluation import evaluate_margins
 
     pooled_results, pooled_datasets = [], []
     for key in dict.fromkeys(d.pooled_key for d in datasets if d.pooled_key is not None):
@@ -357,8 +357,8 @@ def run_cell(cell: Cell, *, save_model: bool = False) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
+    from ..eval.evaluation import evaluate_margins, score_pairs
     from ..training.trainer import MarsRewardTrainer
-    from .evaluation import evaluate_margins, score_pairs
 
     start = time.perf_counter()
     cell.directory.mkdir(parents=True, exist_ok=True)
