@@ -11,20 +11,16 @@ import os
 from dataclasses import dataclass, field
 
 import trl
-from packaging.version import Version
+
+from .versions import require_version_range
 
 SUPPORTED_TRL = ("1.0.0", "2.0.0")  # [min, max): keep in step with pyproject.toml
 
 
 def check_trl_version(version: str | None = None) -> None:
     """Raises ImportError outside the TRL range whose `RewardTrainer` and `RewardConfig` trl-mars extends."""
-    found = Version(version or trl.__version__)
-    low, high = (Version(v) for v in SUPPORTED_TRL)
-    if not low <= Version(found.base_version) < high:  # base_version: 1.20.0.dev0 counts as 1.20.0
-        raise ImportError(
-            f"trl-mars needs trl>={low},<{high} (found {found}): it subclasses TRL's RewardTrainer and RewardConfig "
-            f"and relies on their data preparation, which have this shape only in that range. Install a supported "
-            f"version, e.g. `pip install 'trl>={low},<{high}'`.")
+    require_version_range("trl", version or trl.__version__, SUPPORTED_TRL,
+                          "it subclasses TRL's RewardTrainer and RewardConfig and relies on their data preparation")
 
 
 check_trl_version()

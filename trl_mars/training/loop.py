@@ -30,9 +30,10 @@ import warnings
 
 import torch
 import transformers
-from packaging.version import Version
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
+
+from .versions import require_version_range
 
 logger = logging.getLogger("trl_mars")
 
@@ -58,14 +59,9 @@ PRIVATE_HOOKS: dict[str, tuple[str, ...]] = {
 
 def check_transformers_version(version: str | None = None) -> None:
     """Raises ImportError outside the transformers range whose Trainer internals the adapter relies on."""
-    found = Version(version or transformers.__version__)
-    low, high = (Version(v) for v in SUPPORTED_TRANSFORMERS)
-    if not low <= Version(found.base_version) < high:  # base_version: 5.30.0.dev0 counts as 5.30.0
-        hooks = ", ".join(f"`{name}`" for name in PRIVATE_HOOKS)
-        raise ImportError(
-            f"trl-mars needs transformers>={low},<{high} (found {found}): MARS rounds hook into Trainer's internals "
-            f"({hooks}), which have this shape only in that range. Install a supported version, e.g. "
-            f"`pip install 'transformers>={low},<{high}'`.")
+    hooks = ", ".join(f"`{name}`" for name in PRIVATE_HOOKS)
+    require_version_range("transformers", version or transformers.__version__, SUPPORTED_TRANSFORMERS,
+                          f"MARS rounds hook into Trainer's internals ({hooks})")
 
 
 def _hook_mismatch(trainer_class: type, name: str, expected: tuple[str, ...]) -> str | None:
