@@ -135,12 +135,11 @@ class RoundServices:
     """What a strategy may ask of the run beyond its inputs (the callback provides them).
 
     `score_responses` scores (tuple index, response text) with r^{t-1}, tokenised as training tokenises (all ranks
-    call it together); `won_generator` is West-of-N's candidate generator; `cache` the run's generation cache.
+    call it together); `won_generator` is West-of-N's candidate generator.
     """
 
     score_responses: ScoreResponses | None = None
     won_generator: Any = None
-    cache: Any = None
 
 
 class RoundStrategy:

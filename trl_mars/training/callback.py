@@ -333,8 +333,7 @@ class MarsAugmentationCallback(TrainerCallback):
 
     def augment(self, inputs: RoundInputs) -> RoundResult:
         """Hook: the round's rows, loss weights and summary from its inputs; by default the strategy's `run`."""
-        services = RoundServices(score_responses=self.services.score_responses, won_generator=self.won_generator,
-                                 cache=self.cache)
+        services = RoundServices(score_responses=self.services.score_responses, won_generator=self.won_generator)
         return self.strategy.run(inputs, services)
 
     def grow(self, rows: list[dict[str, Any]]) -> None:
