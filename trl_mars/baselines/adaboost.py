@@ -161,6 +161,8 @@ class WeightedLossMixin:
     `mars_strategy="adaboost"`, for `mars_weight_originals` and for a `mars_synthetic_weight` other than 1; without
     weights (any other configuration) and in evaluation it is TRL's `compute_loss` unchanged. With weights, every
     training batch must carry `source_index`, or training stops with an error instead of silently going unweighted.
+    With `mars_margin_source="training"` the callback attaches weights of 1 (the same loss, value for value) so
+    that each training batch's margins reach its `TrainingMargins`, by `source_index`.
     """
 
     _mars_callback = None
@@ -190,6 +192,9 @@ class WeightedLossMixin:
                 f"`trl_mars.baselines.adaboost.SourceIndexCollator`, which adds it to each batch.")
         _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        recorder = getattr(self._mars_callback, "training_margins", None)
+        if recorder is not None:
+            recorder.record(indices, rewards_chosen - rewards_rejected)
         batch_weights = weights.to(rewards_chosen.device)[indices.to(rewards_chosen.device)]
         loss = weighted_bradley_terry_loss(rewards_chosen, rewards_rejected, batch_weights, inputs.get("margin"))
         if self.args.center_rewards_coefficient is not None:

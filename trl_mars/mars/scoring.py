@@ -158,3 +158,37 @@ def score_margins(
                               allow_nonfinite=allow_nonfinite)
     chosen, rejected = rewards[: len(chosen_ids)], rewards[len(chosen_ids) :]
     return chosen - rejected, chosen
+
+
+class TrainingMargins:
+    """The margins the loss saw: r(x_i, y_i+) - r(x_i, y_i-) in the forward pass that trained on original pair i,
+    before that step's update (`mars_margin_source="training"`).
+
+    The weighted loss calls `record` for every training batch (all rows, synthetic ones included; only original
+    slots are read back). A round calls `take` on every rank: the records of all ranks since the previous round,
+    in the original train set's order, NaN where a pair was not trained on since then; the records are then cleared.
+    Within an epoch the pair's last record wins (several are possible when the epoch samples with replacement).
+
+    Args:
+        slots: the original train set's `source_index` values, in its order.
+    """
+
+    def __init__(self, slots: Sequence[int]):
+        self.slots = [int(slot) for slot in slots]
+        self.values: dict[int, float] = {}
+
+    def record(self, indices: torch.Tensor, margins: torch.Tensor) -> None:
+        """Stores one training batch's margins by `source_index` (the loss's forward pass, before the update)."""
+        for index, margin in zip(indices.tolist(), margins.detach().float().cpu().tolist(), strict=True):
+            self.values[int(index)] = float(margin)
+
+    def take(self, accelerator=None) -> np.ndarray:
+        """Every rank's records merged (a collective: all ranks call it), per original pair, then cleared."""
+        records = [self.values]
+        if accelerator is not None and accelerator.num_processes > 1:
+            records = gather_object(records)
+        merged: dict[int, float] = {}
+        for record in records:
+            merged.update(record)
+        self.values = {}
+        return np.array([merged.get(slot, np.nan) for slot in self.slots], dtype=np.float64)

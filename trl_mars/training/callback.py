@@ -48,7 +48,7 @@ from ..data.preferences import column_values, response_text
 from ..eval.evidence import Evidence
 from ..eval.reporting import RunReporter, quiet_console_printers
 from ..mars.rounds import pair_key
-from ..mars.scoring import NonFiniteRewardsError
+from ..mars.scoring import NonFiniteRewardsError, TrainingMargins
 from ..mars.strategies import (
     RoundInputs,
     RoundResult,
@@ -103,6 +103,7 @@ class MarsAugmentationCallback(TrainerCallback):
         self.plan_guard = PlanGuard()
         self.services: TrainerServices | None = None  # scoring and sharding, once attached
         self.loss_weights: LossWeightTable | None = None  # once a weighted loss is attached
+        self.training_margins: TrainingMargins | None = None  # with mars_margin_source="training"
         self._epoch_start: float | None = None
 
     # ----------------------------------------------------------------- set-up
@@ -130,6 +131,10 @@ class MarsAugmentationCallback(TrainerCallback):
     def _weights_synthetic(self) -> bool:
         return self.args.mars_synthetic_weight != 1.0 and self.args.adds_pairs
 
+    @property
+    def _records_margins(self) -> bool:
+        return self.enabled and self.args.mars_margin_source == "training"
+
     def attach(self, trainer: Trainer) -> MarsAugmentationCallback:
         """Binds to `trainer`: adds this callback, mixes in the loop adapter, quiets raw `mars/*` console dicts."""
         self.trainer = trainer
@@ -143,7 +148,7 @@ class MarsAugmentationCallback(TrainerCallback):
             trainer.__class__ = with_growing_dataset(type(trainer))
         trainer._mars_callback = self
         quiet_console_printers(trainer)
-        if self.args.sets_loss_weights or self._weights_synthetic:
+        if self.args.sets_loss_weights or self._weights_synthetic or self._records_margins:
             self._attach_weighted_loss(trainer)
         self.base_train = trainer.train_dataset
         self.evidence = Evidence(Path(self.args.output_dir) / "mars")
@@ -188,8 +193,14 @@ class MarsAugmentationCallback(TrainerCallback):
         if not isinstance(trainer.data_collator, SourceIndexCollator):
             trainer.data_collator = SourceIndexCollator(trainer.data_collator)
         slots = torch.as_tensor(column_values(trainer.train_dataset, SOURCE_INDEX), dtype=torch.long)
-        self.loss_weights = LossWeightTable(
-            slots, synthetic_weight=self.args.mars_synthetic_weight if self._weights_synthetic else None)
+        synthetic_weight = None
+        if self._weights_synthetic:
+            synthetic_weight = self.args.mars_synthetic_weight
+        elif self._records_margins and self.args.adds_pairs:
+            synthetic_weight = 1.0  # synthetic rows get slots of their own, so they are not recorded as originals
+        self.loss_weights = LossWeightTable(slots, synthetic_weight=synthetic_weight)
+        if self._records_margins:
+            self.training_margins = TrainingMargins(slots.tolist())
 
     def set_example_weights(self, weights: np.ndarray) -> None:
         """Per-tuple loss weights, in the order of the original train set, for `WeightedLossMixin`; synthetic pairs
@@ -285,7 +296,7 @@ class MarsAugmentationCallback(TrainerCallback):
         start = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            margins = self.services.score_originals(round_index)
+            margins = self.services.score_originals(round_index, self.training_margins)
         except NonFiniteRewardsError as error:
             self.skip_round(round_index, epoch, error)
             return None

@@ -35,6 +35,7 @@ REFINERS = ("none", "chat", "local")
 CHAT_ANSWER_FORMATS = ("json", "text")
 MARGIN_MODES = ("signed", "absolute")
 MARGIN_SCALES = ("none", "std")
+MARGIN_SOURCES = ("rescore", "training")
 ROUNDINGS = ("largest_remainder", "multinomial")
 TRUNCATIONS = ("keep_end", "drop")
 EPOCH_SIZES = ("grown", "original")
@@ -146,6 +147,18 @@ class MarsRewardConfig(RewardConfig):
             "at every margin scale (a model that has memorised its training pairs has margins of +-10, where tau=0.5 "
             "hands nearly the whole budget to a few pairs); 'none' is the paper's rule.",
             "choices": list(MARGIN_SCALES),
+        },
+    )
+    mars_margin_source: str = field(
+        default="rescore",
+        metadata={
+            "help": "Where a round's margins come from. 'rescore' (the paper): r^{t-1} scores every original pair "
+            "after training on it. 'training': the margin each original pair had in the forward pass that trained "
+            "on it, before that step's update, recorded by the loss since the previous round (pairs not trained on "
+            "since then are rescored). After the first epoch these come from a model that had not yet seen the pair "
+            "(progressive validation), so memorised margins do not steer the budget; they cost no extra forward "
+            "pass, but carry dropout noise and the drift of the model over the epoch. Beyond the paper.",
+            "choices": list(MARGIN_SOURCES),
         },
     )
     mars_max_budget_share: float | None = field(
@@ -430,6 +443,7 @@ class MarsRewardConfig(RewardConfig):
         choice("mars_won_generator", WON_GENERATORS)
         choice("mars_margin_mode", MARGIN_MODES)
         choice("mars_margin_scale", MARGIN_SCALES)
+        choice("mars_margin_source", MARGIN_SOURCES)
         if self.mars_max_budget_share is not None and not (
             math.isfinite(self.mars_max_budget_share) and self.mars_max_budget_share >= 1.0
         ):

@@ -7,6 +7,7 @@ computing once on the main process what every rank needs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,9 @@ from ..data.preferences import (
     truncate_keep_end,
     with_response_text,
 )
-from ..mars.scoring import LocalAccelerator, score_margins, score_sequences
+from ..mars.scoring import LocalAccelerator, TrainingMargins, score_margins, score_sequences
+
+logger = logging.getLogger("trl_mars")
 
 
 class TrainerServices:
@@ -41,14 +44,26 @@ class TrainerServices:
         """Token ids cut to `max_length` as training cuts them (the end is kept)."""
         return truncate_keep_end(ids, self.args.max_length, self._special_ids) if self.args.max_length else ids
 
-    def score_originals(self, round_index: int) -> np.ndarray:
-        """Delta_i = r^{t-1}(x_i, y_i+) - r^{t-1}(x_i, y_i-) on the original pairs, sharded across ranks."""
+    def score_originals(self, round_index: int, recorded: TrainingMargins | None = None) -> np.ndarray:
+        """Delta_i = r^{t-1}(x_i, y_i+) - r^{t-1}(x_i, y_i-) on the original pairs, sharded across ranks.
+
+        With `recorded` (`mars_margin_source="training"`), the margins the loss saw since the previous round, and
+        r^{t-1} scores only the pairs that were not trained on since then."""
         trainer = self.trainer
-        margins, _ = score_margins(trainer.model_wrapped, column_values(self.base_train, "chosen_ids"),
-                                   column_values(self.base_train, "rejected_ids"),
-                                   pad_token_id=trainer.processing_class.pad_token_id,
-                                   batch_size=self.args.mars_scoring_batch_size, accelerator=trainer.accelerator,
-                                   desc=f"MARS round {round_index}: scoring margins")
+        chosen, rejected = column_values(self.base_train, "chosen_ids"), column_values(self.base_train, "rejected_ids")
+        margins = np.full(len(chosen), np.nan) if recorded is None else recorded.take(trainer.accelerator)
+        missing = np.flatnonzero(np.isnan(margins))
+        if recorded is not None and len(missing) and trainer.is_world_process_zero():
+            logger.info("MARS round %d: %d of %d original pairs were not trained on since the last round (a resumed "
+                        "run, or an epoch that sampled D^t): r^{t-1} scores them.", round_index, len(missing),
+                        len(chosen))
+        if len(missing):
+            rescored, _ = score_margins(trainer.model_wrapped, [chosen[i] for i in missing],
+                                        [rejected[i] for i in missing],
+                                        pad_token_id=trainer.processing_class.pad_token_id,
+                                        batch_size=self.args.mars_scoring_batch_size, accelerator=trainer.accelerator,
+                                        desc=f"MARS round {round_index}: scoring margins")
+            margins[missing] = rescored
         return margins
 
     def score_responses(self, items: Sequence[tuple[int, str]]) -> np.ndarray:
