@@ -54,9 +54,9 @@ class TrainerServices:
         margins = np.full(len(chosen), np.nan) if recorded is None else recorded.take(trainer.accelerator)
         missing = np.flatnonzero(np.isnan(margins))
         if recorded is not None and len(missing) and trainer.is_world_process_zero():
-            logger.info("MARS round %d: %d of %d original pairs were not trained on since the last round (a resumed "
-                        "run, or an epoch that sampled D^t): r^{t-1} scores them.", round_index, len(missing),
-                        len(chosen))
+            logger.info("MARS round %d: %d of %d original pairs were not trained on since the last round (a round "
+                        "before any training, a resumed run, or an epoch that sampled D^t): r^{t-1} scores them.",
+                        round_index, len(missing), len(chosen))
         if len(missing):
             rescored, _ = score_margins(trainer.model_wrapped, [chosen[i] for i in missing],
                                         [rejected[i] for i in missing],
