@@ -23,18 +23,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_round_matches_single_process(tmp_path, minilm_path):
-    script = ROOT / "tests" / "scripts" / "two_rank_round.py"
+def _launch_two_ranks(script: str, minilm_path: str, output_dir: Path) -> list[dict]:
+    """Runs tests/scripts/<script> on two ranks and returns what each rank wrote."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     # `--multi_gpu` selects accelerate's torchrun launcher; with `use_cpu=True` in the training arguments the two
     # processes form a gloo group on CPU (accelerate's own multi-CPU launcher needs MPI).
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(script), minilm_path, str(tmp_path / "two")]
+               "--main_process_port", str(_free_port()), str(ROOT / "tests" / "scripts" / script), minilm_path,
+               str(output_dir)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-2000:]  # the first error, then the end
-    ranks = [json.loads((tmp_path / "two" / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((output_dir / f"rank_{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_process_round_matches_single_process(tmp_path, minilm_path):
+    ranks = _launch_two_ranks("two_rank_round.py", minilm_path, tmp_path / "two")
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["margins"] == ranks[1]["margins"]  # bit-identical on every rank
     assert ranks[0]["train_pairs"] == ranks[1]["train_pairs"] == 32
@@ -54,3 +59,13 @@ def test_two_process_round_matches_single_process(tmp_path, minilm_path):
     assert single["train_digest"] == ranks[0]["train_digest"]
     assert ranks[0]["texts_paraphrased"] + ranks[1]["texts_paraphrased"] == single["texts_paraphrased"]
     np.testing.assert_allclose(single["margins"], ranks[0]["margins"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_gather_the_training_margins(tmp_path, minilm_path):
+    ranks = _launch_two_ranks("two_rank_training_margins.py", minilm_path, tmp_path / "two")
+    assert [r["world"] for r in ranks] == [2, 2]
+    # Each rank trained on half of every batch; the round read both halves: all 16 pairs, none rescored.
+    assert ranks[0]["margins"] == ranks[1]["margins"] and len(ranks[0]["margins"]) == 1
+    assert len(ranks[0]["margins"][0]) == 16 and not np.isnan(ranks[0]["margins"][0]).any()
+    assert ranks[0]["rescored"] == ranks[1]["rescored"] == []
