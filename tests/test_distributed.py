@@ -33,7 +33,8 @@ def _launch_two_ranks(script: str, minilm_path: str, output_dir: Path) -> list[d
                "--main_process_port", str(_free_port()), str(ROOT / "tests" / "scripts" / script), minilm_path,
                str(output_dir)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-2000:]  # the first error, then the end
+    # the first error, then the end
+    assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-2000:]
     return [json.loads((output_dir / f"rank_{r}.json").read_text()) for r in (0, 1)]
 
 

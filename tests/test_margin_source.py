@@ -67,7 +67,8 @@ def test_training_margins_come_from_before_the_update(tmp_path, minilm_path, tin
     assert len(seen) == 1 and not np.isnan(seen[0]).any()
     expected = _untrained_margins(trainer, untrained)
     np.testing.assert_allclose(seen[0], expected, atol=1e-5)
-    assert trainer.mars_callback.loss_weights.synthetic_offset is not None  # synthetic rows record in slots of their own
+    # synthetic rows record in slots of their own
+    assert trainer.mars_callback.loss_weights.synthetic_offset is not None
 
     plain, plain_untrained, plain_seen = _train(tmp_path / "rescore", minilm_path, tiny_dataset, "rescore")
     # The paper's source rescores after the update: the same pairs, other margins.
