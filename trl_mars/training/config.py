@@ -64,8 +64,8 @@ MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
         "mars_adaboost_beta", "mars_won_generator", "mars_won_candidates", "mars_won_model",
     ),
     "MARS: schedule and scoring": (
-        "mars_rounds", "mars_warmup_epochs", "mars_epoch_size", "mars_scoring_batch_size", "mars_seed",
-        "mars_truncation",
+        "mars_rounds", "mars_warmup_epochs", "mars_epoch_size", "mars_margin_source", "mars_scoring_batch_size",
+        "mars_seed", "mars_truncation",
     ),
     "MARS: paraphrase back-end and embedder": (
         "mars_paraphraser", "mars_paraphraser_model", "mars_paraphrase_prompts", "mars_paraphraser_batch_size",
