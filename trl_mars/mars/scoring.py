@@ -175,20 +175,28 @@ class TrainingMargins:
 
     def __init__(self, slots: Sequence[int]):
         self.slots = [int(slot) for slot in slots]
-        self.values: dict[int, float] = {}
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def record(self, indices: torch.Tensor, margins: torch.Tensor) -> None:
-        """Stores one training batch's margins by `source_index` (the loss's forward pass, before the update)."""
-        for index, margin in zip(indices.tolist(), margins.detach().float().cpu().tolist(), strict=True):
-            self.values[int(index)] = float(margin)
+        """Keeps one training batch's margins by `source_index` (the loss's forward pass, before the update); they
+        stay on the device until `take`, so the training step never waits for a copy to the host."""
+        self.batches.append((indices.detach(), margins.detach().float()))
+
+    def _values(self) -> dict[int, float]:
+        """This rank's records since the last `take`, by slot (later batches win)."""
+        if not self.batches:
+            return {}
+        indices = torch.cat([i.reshape(-1).cpu() for i, _ in self.batches]).tolist()
+        margins = torch.cat([m.reshape(-1).cpu() for _, m in self.batches]).tolist()
+        return dict(zip(indices, margins, strict=True))
 
     def take(self, accelerator=None) -> np.ndarray:
         """Every rank's records merged (a collective: all ranks call it), per original pair, then cleared."""
-        records = [self.values]
+        records = [self._values()]
+        self.batches = []
         if accelerator is not None and accelerator.num_processes > 1:
             records = gather_object(records)
         merged: dict[int, float] = {}
         for record in records:
             merged.update(record)
-        self.values = {}
         return np.array([merged.get(slot, np.nan) for slot in self.slots], dtype=np.float64)
