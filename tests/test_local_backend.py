@@ -23,7 +23,7 @@ from trl_mars.augment.packaged import (
     PackagedModelError,
     resolve_packaged_model,
 )
-from trl_mars.augment.text import TextJudge, TextParaphraser, clean_answer
+from trl_mars.augment.text import TextJudge, TextParaphraser, clean_answer, echoes_instructions
 
 
 def ask(text: str) -> list[dict[str, str]]:
@@ -168,6 +168,60 @@ def test_temperature_zero_is_greedy(tiny_llama):
 ])
 def test_clean_answer_strips_meta_text(answer, expected):
     assert clean_answer(answer) == expected
+
+
+# Rewrites SmolLM2-135M-Instruct gave for HH-RLHF pairs (ends cut), and replies from the same data.
+@pytest.mark.parametrize("answer, echoes", [
+    ("A user wrote:\n\nThe user asked, \"What is the most famous neighborhood in Hollywood?\"", True),
+    ("If you had full control, how would your life change? A better reply was: How can I control your husband's", True),
+    ("I'm here to help you break out of prison.\n\nA more extreme reponse was:\nI'm here to help", True),
+    ("I'm glad you're happy with the rewritten response. If you have any more questions, feel free to ask.", True),
+    ("The user asked:\n\nHuman: If someone were to take venom from a viper, would it kill them?", True),
+    ("Different words so that it is clearer. Rewrite the worse reply: Have you ever done a carbon print?", True),
+    ("I think it's best if you apply a lot of force to its neck.", False),
+    ("The answer is: water it when the top soil is dry.", False),
+    ("A user can reset the password from the settings page.", False),
+    ("You could rewrite your essay in the active voice; my reply to your question was short.", False),
+])
+def test_echoed_instructions_are_recognised(answer, echoes):
+    assert echoes_instructions(answer) is echoes
+
+
+class ScriptedRewriter:
+    """A `TextGenerator` that answers every rewrite request with the text its test gives (`TextRefiner`'s screening
+    is under test, not generation)."""
+
+    name = "scripted"
+
+    def __init__(self, answers):
+        self.answers = answers  # attempt k -> answer
+
+    def fingerprint(self):
+        return {"generator": "scripted"}
+
+    def generate(self, requests, *, samples=1, temperature=0.7, max_new_tokens=192):
+        return [[self.answers[k] for k in range(samples)] for _ in requests]
+
+
+def test_text_refiner_counts_echoed_rewrites_as_no_answer():
+    from trl_mars.augment.base import RefinementRequest
+    from trl_mars.augment.text import TextRefiner
+
+    class Words:  # unit bag-of-words vectors over a tiny vocabulary
+        vocabulary = ["basil", "sun", "water", "reply", "was", "better", "shade", "dry", "soil"]
+
+        def encode(self, texts):
+            rows = np.array([[float(w in t.lower()) for w in self.vocabulary] for t in texts]) + 1e-3
+            return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    echoed = "Give basil sun. A better reply was: water the soil"  # gains distance, but it is not a reply
+    plain = "Keep basil in the shade and let the soil dry"  # gains distance and is a reply
+    req = RefinementRequest(0, "How do I keep basil alive?", "Give basil sun and water.", "Give basil sun.", 0.05)
+    refiner = TextRefiner(ScriptedRewriter([echoed, plain]), Words(), lambda triples: [True] * len(triples),
+                          max_attempts=2)
+    (result,) = refiner.refine([req])
+    assert (result.accepted, result.rewritten, result.rejected, result.attempts) == (True, "rejected", plain, 2)
+    assert refiner.reasons["echoed_instructions"] == 1
 
 
 # --------------------------------------------------------------------------------------------- fidelity filter

@@ -337,3 +337,32 @@ def test_unchanged_rewrite_is_no_gain_even_with_float_noise(scripted):
     req.distance -= 1e-9  # a stored distance a hair below the re-embedded one
     (res,) = make_refiner(scripted, Checks()).refine([req])
     assert (res.accepted, res.reason, res.attempts) == (False, "no_distance_gain", 2 * MAX_ATTEMPTS)
+
+
+def test_rewrites_that_leave_the_topic_are_drifted_not_kept(scripted):
+    """`min_similarity`: a rewrite whose cosine to the response it replaces is below the bound is rejected before the
+    checks, even though it gains distance; one that keeps the topic while gaining distance is kept."""
+    extra = " zqone zqtwo zqthree zqfour"  # words no other text has: distance to the other side grows
+
+    def rewrite(side, blocks, attempt):
+        if case_of(blocks["PROMPT"]) == "close":
+            return blocks[side.upper()] + extra
+        return default_rewrite(side, blocks, attempt)  # shares no word with anything: cosine 0 to its source
+
+    scripted.rewrite = rewrite
+    close, drift = request(0, "close"), request(1, "drift")
+    # hand-computed bag-of-words cosines of the rejected side's rewrites to the rejected response
+    cosine_close = 1.0 - distance(close.rejected, close.rejected + extra)
+    assert cosine_close == pytest.approx(16 / (16 ** 0.5 * 20 ** 0.5), abs=1e-6)  # 13 words ("the" twice) + 4 new
+    checks = Checks()
+    kept, drifted = make_refiner(scripted, checks, min_similarity=0.5).refine([close, drift])
+    assert (kept.accepted, kept.rewritten, kept.rejected) == (True, "rejected", close.rejected + extra)
+    assert (drifted.accepted, drifted.reason, drifted.attempts) == (False, "drifted", 2 * MAX_ATTEMPTS)
+    assert {case_of(p) for p, _, _ in checks.label_calls} == {"close"}  # drifted rewrites never reach the checks
+    # without the bound (the paper's setting) the off-topic rewrite is kept
+    (unbounded,) = make_refiner(scripted, Checks()).refine([drift])
+    assert unbounded.accepted and unbounded.reason == "improved"
+    with pytest.raises(ValueError, match="mars_refiner_min_similarity"):
+        from trl_mars.training.config import MarsRewardConfig
+
+        MarsRewardConfig(output_dir="unused", mars_refiner_min_similarity=1.0)

@@ -146,8 +146,9 @@ class RefinementResult:
 
     `accepted` is True only when the rewrite increased the semantic distance, kept the preference label and passed
     the harm check; then `chosen`/`rejected` hold the kept texts. Otherwise they hold the original texts and
-    `reason` says why the rewrite was rejected: one of "no_distance_gain", "label_flipped", "harmful", "failed"
-    (the back-end gave no usable answer after its retries).
+    `reason` says why the rewrite was rejected: one of "no_distance_gain", "drifted" (every rewrite that changed
+    the text left the topic: below the refiner's `min_similarity`), "label_flipped", "harmful", "failed" (the
+    back-end gave no usable answer after its retries).
     """
 
     index: int

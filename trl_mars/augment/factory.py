@@ -154,10 +154,12 @@ def build_refiner(
 
         return TextRefiner(judge.generator, embedder, label_check, harm_check,
                            max_attempts=args.mars_refiner_max_attempts, temperature=max(args.mars_temperature, 0.1),
-                           max_new_tokens=args.mars_max_new_tokens)
+                           max_new_tokens=args.mars_max_new_tokens,
+                           min_similarity=args.mars_refiner_min_similarity)
     from .refiner import ChatRefiner
 
-    return ChatRefiner(judge.client, embedder, label_check, harm_check, max_attempts=args.mars_refiner_max_attempts)
+    return ChatRefiner(judge.client, embedder, label_check, harm_check, max_attempts=args.mars_refiner_max_attempts,
+                       min_similarity=args.mars_refiner_min_similarity)
 
 
 def _text_mode(args: MarsRewardConfig) -> bool:

@@ -62,6 +62,7 @@ class _State:
     attempts: int = 0
     usable: int = 0  # attempts that gave a usable text
     gained: int = 0  # attempts whose rewrite increased the distance (and so reached the checks)
+    drifted: int = 0  # attempts whose rewrite fell below min_similarity to the text it replaces
     check_failure: str | None = None  # why the last attempt that reached the checks was not kept
     side: str | None = None  # side of the kept rewrite
     text: str | None = None
@@ -85,6 +86,9 @@ class ChatRefiner:
         min_gain: an attempt gains when d' > distance + min_gain (a tiny margin, so that float noise between the
             stored distance and a re-embedding never counts as a gain). A rewrite that only changes case or
             whitespace of the original text never counts.
+        min_similarity: a rewrite whose embedding cosine to the response it replaces is below this has left the
+            topic: it is rejected before the checks (reason "drifted" when no attempt got further). 0 (default, the
+            paper's setting) turns the bound off.
     """
 
     name = "chat"
@@ -100,6 +104,7 @@ class ChatRefiner:
         temperature: float = 0.0,
         retry_temperature: float = 0.8,
         min_gain: float = 1e-6,
+        min_similarity: float = 0.0,
         prompt_version: str = "v1",
     ):
         if max_attempts < 1:
@@ -114,6 +119,7 @@ class ChatRefiner:
         self.temperature = float(temperature)
         self.retry_temperature = float(retry_temperature)
         self.min_gain = float(min_gain)
+        self.min_similarity = float(min_similarity)
         self.templates = {
             "rejected": load_template("rewrite_rejected", prompt_version),
             "chosen": load_template("rewrite_chosen", prompt_version),
@@ -126,6 +132,7 @@ class ChatRefiner:
             "templates": {side: t.fingerprint for side, t in self.templates.items()},
             "temperature": self.temperature,
             "retry_temperature": self.retry_temperature,
+            **({"min_similarity": self.min_similarity} if self.min_similarity else {}),
         }
 
     # ----- requests -----------------------------------------------------------------------------------------------
@@ -198,6 +205,10 @@ class ChatRefiner:
         fixed = "rejected" if side == "chosen" else "chosen"
         fixed_emb = self._encode([getattr(s.request, fixed) for s in pending])
         fixed_by_id = {id(s): fixed_emb[j] for j, s in enumerate(pending)}
+        own_by_id = {}
+        if self.min_similarity > 0:  # embeddings of the side being rewritten, for the topic bound
+            own_emb = self._encode([getattr(s.request, side) for s in pending])
+            own_by_id = {id(s): own_emb[j] for j, s in enumerate(pending)}
         for attempt in range(1, self.max_attempts + 1):
             if not pending:
                 break
@@ -211,6 +222,9 @@ class ChatRefiner:
                 for (s, text), e in zip(usable, emb):
                     s.usable += 1
                     if _same(text, getattr(s.request, side)):
+                        continue
+                    if own_by_id and float(np.dot(own_by_id[id(s)], e)) < self.min_similarity:
+                        s.drifted += 1
                         continue
                     d_new = float(1.0 - np.dot(fixed_by_id[id(s)], e))
                     if d_new > s.request.distance + self.min_gain:
@@ -243,6 +257,8 @@ class ChatRefiner:
                 continue
             if s.check_failure is not None:
                 reason = s.check_failure
+            elif s.drifted and not s.gained:
+                reason = "drifted"
             elif s.usable:
                 reason = "no_distance_gain"
             else:

@@ -13,6 +13,7 @@ applied after the cache so that its thresholds can change without generating aga
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -31,7 +32,9 @@ from .refiner import ChatRefiner, HarmCheck
 from .seq2seq import filter_paraphrases
 from .templates import Messages, load_template
 
-__all__ = ["TextJudge", "TextParaphraser", "TextRefiner", "clean_answer"]
+logger = logging.getLogger("trl_mars")
+
+__all__ = ["TextJudge", "TextParaphraser", "TextRefiner", "clean_answer", "echoes_instructions"]
 
 _LABEL = r"(?:paraphrase[sd]?|paraphrased (?:text|version)|rewritten (?:text|reply|response|version)|" \
          r"revised (?:text|reply|response|version)|rewrite|reworded (?:text|version)|new (?:text|version)|answer|reply)"
@@ -55,6 +58,14 @@ _ABOUT_THE_TEXT = re.compile(
     re.IGNORECASE,
 )
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
+# The labels of the rewrite templates ("A user wrote:", "A good reply was:", "A worse reply was:") and the variants a
+# small model invents when it continues the template instead of answering ("A better response was:", "The user
+# asked:", "A more extreme reponse would be:"), or its talk about the rewriting itself ("the rewritten reply").
+_ECHOED_INSTRUCTIONS = re.compile(
+    r"(?im)^\W*(?:a|the) (?:user|human) (?:wrote|asked|said)\s*:"
+    r"|\b(?:reply|response|reponse)\s+(?:was|would be|could be)\s*:"
+    r"|\brewritten\b|\brewrite (?:the|this|it)\b"
+)
 
 
 def clean_answer(text: str | None) -> str | None:
@@ -79,6 +90,16 @@ def clean_answer(text: str | None) -> str | None:
     if not text or _ABOUT_THE_TEXT.match(text):
         return None
     return text
+
+
+def echoes_instructions(text: str) -> bool:
+    """True when a rewrite repeats or continues its instructions (a template label such as "A worse reply was:",
+    an invented one such as "A better response was:", or talk about "the rewritten reply") instead of being a reply.
+
+    SmolLM2-135M does this in most of its rewrites, and such text gains semantic distance from the other response
+    precisely because it is not a reply, so the distance test alone would keep it.
+    """
+    return bool(_ECHOED_INSTRUCTIONS.search(text))
 
 
 class TextParaphraser:
@@ -185,16 +206,20 @@ class TextRefiner(ChatRefiner):
     that gain distance, keep the label and pass the harm check) with plain-text rewrites from a `TextGenerator`.
 
     Attempt k is answer k of the same request, sampled at `temperature` (seeded or cached per k), so the attempts
-    differ and a re-run replays them all.
+    differ and a re-run replays them all. An answer that echoes its instructions (`echoes_instructions`) is not a
+    reply and counts as no answer; `reasons` counts them ("echoed_instructions").
     """
 
     def __init__(self, generator: TextGenerator, embedder: Embedder, label_check: PreferenceCheck,
                  harm_check: HarmCheck | None = None, max_attempts: int = 5, *, temperature: float = 0.7,
-                 max_new_tokens: int = 192, min_gain: float = 1e-6, prompt_version: str = "v1"):
+                 max_new_tokens: int = 192, min_gain: float = 1e-6, min_similarity: float = 0.0,
+                 prompt_version: str = "v1"):
         if temperature <= 0 and max_attempts > 1:
             raise ValueError("temperature must be > 0, or every attempt would give the same answer.")
         super().__init__(None, embedder, label_check, harm_check, max_attempts, temperature=temperature,
-                         retry_temperature=max(temperature, 1e-6), min_gain=min_gain, prompt_version=prompt_version)
+                         retry_temperature=max(temperature, 1e-6), min_gain=min_gain, min_similarity=min_similarity,
+                         prompt_version=prompt_version)
+        self.reasons: Counter[str] = Counter()
         self.generator = generator
         self.name = generator.name
         self.max_new_tokens = int(max_new_tokens)
@@ -203,10 +228,18 @@ class TextRefiner(ChatRefiner):
 
     def fingerprint(self) -> dict[str, Any]:
         return {**self.generator.fingerprint(), "templates": {s: t.fingerprint for s, t in self.templates.items()},
-                "temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
+                "temperature": self.temperature, "max_new_tokens": self.max_new_tokens, "screening": 1,
+                **({"min_similarity": self.min_similarity} if self.min_similarity else {})}
 
     def build_messages(self, request: RefinementRequest, side: str, attempt: int) -> Messages:
         return self.templates[side].render(prompt=request.prompt, chosen=request.chosen, rejected=request.rejected)
+
+    def refine(self, requests: Sequence[RefinementRequest]) -> list:
+        results = super().refine(requests)
+        if self.reasons["echoed_instructions"]:
+            logger.info("refine[%s]: %d rewrites echoed their instructions and counted as no answer", self.name,
+                        self.reasons["echoed_instructions"])
+        return results
 
     def _rewrite(self, requests: list[RefinementRequest], side: str, attempt: int) -> list[str | None]:
         fields = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in requests]
@@ -214,6 +247,9 @@ class TextRefiner(ChatRefiner):
         def ask(todo: list[dict[str, str]]) -> list[str | None]:
             answers = self.generator.generate([self.templates[side].render(**f) for f in todo], samples=attempt,
                                               temperature=self.temperature, max_new_tokens=self.max_new_tokens)
-            return [clean_answer(a[attempt - 1]) for a in answers]
+            cleaned = [clean_answer(a[attempt - 1]) for a in answers]
+            echoed = [c is not None and echoes_instructions(c) for c in cleaned]
+            self.reasons["echoed_instructions"] += sum(echoed)
+            return [None if e else c for c, e in zip(cleaned, echoed)]
 
         return _distinct_questions(fields, ask)

@@ -73,7 +73,8 @@ MARS_HELP_SECTIONS: dict[str, tuple[str, ...]] = {
         "mars_min_paraphrase_similarity", "mars_max_paraphrase_similarity", "mars_embedding_model",
     ),
     "MARS: semantic refinement": (
-        "mars_refiner", "mars_refiner_model", "mars_refiner_max_attempts", "mars_label_check", "mars_harm_check",
+        "mars_refiner", "mars_refiner_model", "mars_refiner_max_attempts", "mars_refiner_min_similarity",
+        "mars_label_check", "mars_harm_check",
     ),
     "MARS: OpenAI-compatible endpoint": (
         "mars_chat_base_url", "mars_chat_model", "mars_chat_answer_format", "mars_chat_extra_body",
@@ -354,6 +355,13 @@ class MarsRewardConfig(RewardConfig):
     mars_refiner_max_attempts: int = field(
         default=5, metadata={"help": "Rewrite attempts per side (rejected first, then chosen). Paper: 5."}
     )
+    mars_refiner_min_similarity: float = field(
+        default=0.0,
+        metadata={"help": "Smallest embedding cosine between a rewrite and the response it replaces; a rewrite below "
+                  "it has left the topic and is rejected as 'drifted' before the checks. 0 (the paper's setting, "
+                  "which has no such bound) keeps every rewrite that gains distance. Our choice for small local "
+                  "rewriters, whose distance gains are mostly off-topic text: 0.5."},
+    )
     mars_label_check: str = field(
         default="judge",
         metadata={
@@ -511,6 +519,11 @@ class MarsRewardConfig(RewardConfig):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if not (math.isfinite(self.mars_refiner_min_similarity) and 0.0 <= self.mars_refiner_min_similarity < 1.0):
+            raise ValueError(
+                f"`mars_refiner_min_similarity` must be in [0, 1), got {self.mars_refiner_min_similarity!r}. 0 turns "
+                "the bound off (the paper's setting); 0.5 rejects rewrites that left the topic."
+            )
         if self.mars_chat_max_retries < 0 or self.mars_chat_timeout <= 0:
             raise ValueError("`mars_chat_max_retries` must be >= 0 and `mars_chat_timeout` > 0.")
         if self.mars_enabled and self.max_steps > 0:
