@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chars", type=int, default=160)
+    parser.add_argument("--operation", default=None,
+                        help="only rows whose `operation` starts with this (e.g. `refine` for the refiner's pairs)")
     args = parser.parse_args()
 
     from trl_mars.augment.embedding import SentenceTransformerEmbedder
@@ -50,11 +52,15 @@ def main() -> None:
 
     rows = [json.loads(line) for line in (cell / "mars" / f"round_{args.round}" / "synthetic.jsonl")
             .read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.operation:
+        rows = [row for row in rows if row["operation"].startswith(args.operation)]
     picked = random.Random(args.seed).sample(rows, min(args.n, len(rows)))
     sides = []
     for row in picked:
-        side = "chosen" if row["operation"].endswith("chosen") else "rejected"
         original = originals[row["source_index"]]
+        # The side whose text changed: a refined pair's operation does not name it ("refined").
+        changed = [s for s in ("chosen", "rejected") if response_text(row[s]) != response_text(original[s])]
+        side = changed[0] if len(changed) == 1 else ("chosen" if row["operation"].endswith("chosen") else "rejected")
         sides.append((row, side, response_text(original[side]), response_text(row[side])))
     embedder = SentenceTransformerEmbedder(PACKAGED_MINILM)
     vectors = embedder.encode([t for _, _, a, b in sides for t in (a, b)])
