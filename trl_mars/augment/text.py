@@ -66,6 +66,8 @@ _ECHOED_INSTRUCTIONS = re.compile(
     r"|\b(?:reply|response|reponse)\s+(?:was|would be|could be)\s*:"
     r"|\brewritten\b|\brewrite (?:the|this|it)\b"
 )
+# bump when `echoes_instructions` changes what it rejects (the refiner's fingerprint records it, as for cleaning)
+SCREENING_VERSION = 1
 
 
 def clean_answer(text: str | None) -> str | None:
@@ -228,17 +230,20 @@ class TextRefiner(ChatRefiner):
 
     def fingerprint(self) -> dict[str, Any]:
         return {**self.generator.fingerprint(), "templates": {s: t.fingerprint for s, t in self.templates.items()},
-                "temperature": self.temperature, "max_new_tokens": self.max_new_tokens, "screening": 1,
+                "temperature": self.temperature, "max_new_tokens": self.max_new_tokens, "screening": SCREENING_VERSION,
                 **({"min_similarity": self.min_similarity} if self.min_similarity else {})}
 
     def build_messages(self, request: RefinementRequest, side: str, attempt: int) -> Messages:
         return self.templates[side].render(prompt=request.prompt, chosen=request.chosen, rejected=request.rejected)
 
     def refine(self, requests: Sequence[RefinementRequest]) -> list:
+        # `reasons` counts over the refiner's life (every round); the log line reports this call's share
+        echoed_before = self.reasons["echoed_instructions"]
         results = super().refine(requests)
-        if self.reasons["echoed_instructions"]:
+        echoed = self.reasons["echoed_instructions"] - echoed_before
+        if echoed:
             logger.info("refine[%s]: %d rewrites echoed their instructions and counted as no answer", self.name,
-                        self.reasons["echoed_instructions"])
+                        echoed)
         return results
 
     def _rewrite(self, requests: list[RefinementRequest], side: str, attempt: int) -> list[str | None]:
