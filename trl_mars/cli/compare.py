@@ -648,7 +648,8 @@ def write_plots(report: dict[str, Any], root: Path) -> list[str]:
             ax.legend(loc="lower right", fontsize=8)
         ax.set_xticks(positions, names, rotation=30, ha="right")
         low = min([*means, majority["accuracy"] if majority else 1.0]) - 0.1
-        ax.set_ylim(max(0.0, low), min(1.0, max(means) + 0.08))
+        high = max([*means, majority["accuracy"] if majority else 0.0]) + 0.08  # the baseline line stays in view
+        ax.set_ylim(max(0.0, low), min(1.0, high))
         ax.set_ylabel("held-out pairwise accuracy")
         ax.set_title(f"{key} (n={datasets[key]['n_eval']})")
     fig.tight_layout()
