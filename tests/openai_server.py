@@ -16,7 +16,7 @@ timeout), "malformed" (content that is not JSON), "badschema" (JSON without the 
 JSON inside a ```json fence, which is accepted), "400" (a non-retryable client error), "garbage" (an HTML page with
 status 200). Every request must carry `Authorization: Bearer <api_key>`, otherwise 401 (whose message echoes the
 key it got, as a careless server would: the client must still never show it). `delay` slows every chat request
-down (after the request has been recorded).
+down (after the request has been recorded); `peak_in_flight` is the most chat requests the server held at once.
 
 Structured output: requests may carry `response_format` of type `json_schema` (recorded in `bodies`). With
 `schema_support = False` the server refuses them with HTTP 400 naming the response format, as endpoints without
@@ -82,6 +82,8 @@ class FakeOpenAIServer:
         self.lock = threading.Lock()
         self.chat_requests = 0
         self.answered = 0  # chat completions fully sent back (status 200)
+        self.in_flight = 0  # chat requests between arrival and the end of their (simulated) work
+        self.peak_in_flight = 0
         self.model_requests = 0
         self.unauthorised = 0
         self.bodies: list[dict[str, Any]] = []
@@ -197,8 +199,13 @@ class FakeOpenAIServer:
                 "invalid_request_error", "unsupported_parameter"))
             return
         content = self._answer(body)  # records what was asked at arrival, before the (simulated) work
+        with self.lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if self.delay:
             time.sleep(self.delay)
+        with self.lock:
+            self.in_flight -= 1
         if fault == "429":
             self._send(handler, 429, self._error("Rate limit reached", "requests", "rate_limit_exceeded"),
                        {"Retry-After": "0"})
