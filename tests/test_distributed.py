@@ -23,6 +23,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _failure_report(stderr: str) -> str:
+    """What a failed launch said that matters: its lines naming an error or a signal (a rank's own message sits
+    between the progress bars and the launcher's traceback), then the end."""
+    telling = [line for line in stderr.splitlines()
+               if any(word in line for word in ("rror", "xception", "terminate", "abort", "Signal", "Traceback"))]
+    return "\n".join(telling[:60]) + "\n...\n" + stderr[-2000:]
+
+
 def _launch_two_ranks(script: str, minilm_path: str, output_dir: Path) -> list[dict]:
     """Runs tests/scripts/<script> on two ranks and returns what each rank wrote."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -33,8 +41,7 @@ def _launch_two_ranks(script: str, minilm_path: str, output_dir: Path) -> list[d
                "--main_process_port", str(_free_port()), str(ROOT / "tests" / "scripts" / script), minilm_path,
                str(output_dir)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    # the first error, then the end
-    assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-2000:]
+    assert result.returncode == 0, _failure_report(result.stderr)
     return [json.loads((output_dir / f"rank_{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -15,6 +15,7 @@ from datasets import Dataset  # noqa: E402
 
 import trl_mars.training.services as services_module  # noqa: E402
 from trl_mars.augment.lexical import LexicalParaphraser  # noqa: E402
+from trl_mars.cli.shutdown import end_processes  # noqa: E402
 from trl_mars.data.preferences import column_values  # noqa: E402
 from trl_mars.training.trainer import MarsRewardTrainer  # noqa: E402
 
@@ -56,6 +57,7 @@ def main(model_path: str, output_dir: str, distributed: bool = True) -> None:
               "train_pairs": len(trainer.train_dataset), "global_step": trainer.state.global_step,
               "texts_paraphrased": paraphraser.texts_paraphrased, "train_digest": digest}
     Path(output_dir, f"rank_{rank}.json").write_text(json.dumps(record))
+    end_processes(trainer.accelerator)
 
 
 if __name__ == "__main__":

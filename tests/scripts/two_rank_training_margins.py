@@ -12,6 +12,7 @@ from conftest import mars_args, tiny_rows  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 import trl_mars.training.services as services_module  # noqa: E402
+from trl_mars.cli.shutdown import end_processes  # noqa: E402
 from trl_mars.training.trainer import MarsRewardTrainer  # noqa: E402
 
 
@@ -34,6 +35,7 @@ def main(model_path: str, output_dir: str) -> None:
     rank = trainer.accelerator.process_index
     record = {"rank": rank, "world": trainer.accelerator.num_processes, "margins": seen, "rescored": rescored}
     Path(output_dir, f"rank_{rank}.json").write_text(json.dumps(record))
+    end_processes(trainer.accelerator)
 
 
 if __name__ == "__main__":

@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None):
     from trl import ModelConfig, TrlParser
 
     from ..cli.arguments import configure_logging
+    from ..cli.shutdown import end_processes
 
     argv = sys.argv[1:] if argv is None else argv
     trainer_kind = requested_trainer(argv)
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None):
     else:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    end_processes(trainer.accelerator)
     if trainer.is_world_process_zero():
         print(f"\n[MARS] aligned policy ({script_args.trainer}) saved to {os.path.abspath(training_args.output_dir)}")
     return trainer

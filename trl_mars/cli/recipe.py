@@ -19,6 +19,7 @@ from ..training.config import PACKAGED_MINILM, MarsRewardConfig
 from ..training.console import cpu_threads
 from ..training.preflight import as_model_id
 from .arguments import configure_logging
+from .shutdown import end_processes
 
 logger = logging.getLogger("trl_mars")
 
@@ -112,9 +113,10 @@ def build_trainer(script_args: MarsScriptArguments, training_args: MarsRewardCon
 
 
 def train_and_save(trainer, training_args: MarsRewardConfig):
-    """Trains, saves the reward model and prints where everything is."""
+    """Trains, saves the reward model, prints where everything is and ends the process group in step."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    end_processes(trainer.accelerator)
     if trainer.is_world_process_zero():
         output = os.path.abspath(training_args.output_dir)
         print(f"\n[MARS] reward model saved to {output}")
