@@ -262,6 +262,10 @@ def build_judge(args: WinRateArguments):
         from .rewards import MarsRewardFunction
 
         return RewardModelJudge(MarsRewardFunction(args.reward_model_name_or_path))
+    if args.judge != "local" and not os.environ.get(args.judge_api_key_env):  # before the cache folder is made
+        raise ValueError(f"The OpenAI judge needs an API key. Fix: export {args.judge_api_key_env} (or name another "
+                         "variable with --judge_api_key_env), or use --judge local or --judge reward_model for an "
+                         "offline judge.")
     cache = None
     if args.cache_dir:
         from ..augment.cache import AugmentationCache
@@ -272,10 +276,6 @@ def build_judge(args: WinRateArguments):
                                  prompt_version=args.judge_prompt_version)
     from ..augment.client import ChatClient, ChatTextGenerator
 
-    if not os.environ.get(args.judge_api_key_env):
-        raise ValueError(f"The OpenAI judge needs an API key. Fix: export {args.judge_api_key_env} (or name another "
-                         "variable with --judge_api_key_env), or use --judge local or --judge reward_model for an "
-                         "offline judge.")
     client = ChatClient(args.judge_model or DEFAULT_OPENAI_JUDGE, base_url=args.judge_base_url,
                         api_key_env=args.judge_api_key_env, max_concurrency=args.judge_concurrency, cache=cache)
     client.check_connection()
