@@ -192,6 +192,23 @@ def test_grid_with_folds_scores_every_pair_once(tmp_path):
     assert "2-fold cross-validation" in (tmp_path / "grid" / "results.md").read_text()
 
 
+def test_run_folds_splits_one_cross_validation_over_two_jobs(tmp_path):
+    """Two jobs over one output folder, each training one of two folds: the first reports nothing pooled (fold 2 is
+    missing), the second reuses fold 1 and pools both. A fold number outside 1..k fails before any training."""
+    compare, training, model = _args(tmp_path)
+    compare.folds, compare.seeds, compare.variants, compare.run_folds = 2, [1], {}, [1]
+    first = run_grid(compare, training, model)
+    assert first["computed"] == ["pairs/fold_1 / none / seed 1"]
+    assert first["not_finished"] == ["pairs/fold_2 / none / seed 1"] and first["cells"] == []
+    compare.run_folds = [2]
+    second = run_grid(compare, training, model)
+    assert second["computed"] == ["pairs/fold_2 / none / seed 1"] and second["not_finished"] == []
+    assert second["datasets"]["pairs"]["n_eval"] == 24 and len(second["cells"][0]["eval_margins"]) == 24
+    compare.run_folds = [3]
+    with pytest.raises(ValueError, match="--run_folds .*from 1 to --folds"):
+        run_grid(compare, training, model)
+
+
 def test_report_only_trains_nothing_and_lists_what_is_missing(tmp_path):
     compare, training, model = _args(tmp_path)
     compare.report_only = True

@@ -118,6 +118,11 @@ class CompareArguments:
                           "into k seeded folds (whole `group_by` groups where the column exists), every cell trains "
                           "k times with one fold held out, and accuracies are computed over all pairs, each scored "
                           "once, by a model that did not train on it. k times the training."})
+    run_folds: list[int] | None = field(
+        default=None,
+        metadata={"help": "With --folds: train only these folds (1-based), e.g. `--run_folds 4 5` in a second job "
+                          "beside one that runs the rest, over the same --output_dir; other folds are reused where "
+                          "finished and left out of the table otherwise."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Seeded subset of each train split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Seeded subset of each held-out split."})
     majority_column: str = field(
@@ -423,6 +428,9 @@ def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     if args.folds is not None and args.max_eval_samples is not None:
         raise ValueError("--folds scores every pair once; it cannot be combined with --max_eval_samples.")
+    if args.run_folds is not None and (args.folds is None or not set(args.run_folds) <= set(range(1, args.folds + 1))):
+        raise ValueError(f"--run_folds {args.run_folds} names folds that do not exist. Fix: give numbers from 1 to "
+                         f"--folds ({args.folds}), with --folds set.")
     datasets = [d for name in args.datasets
                 for d in (prepare_folds(name, args) if args.folds is not None else [prepare_dataset(name, args)])]
     keys = [d.key for d in datasets]
@@ -433,9 +441,11 @@ def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
     for number, cell in enumerate(cells, start=1):
         label = f"{cell.dataset.key} / {cell.variant} / seed {cell.seed}"
         result = load_finished(cell)
-        if result is None and args.report_only:
+        elsewhere = args.run_folds is not None and cell.dataset.fold not in args.run_folds
+        if result is None and (args.report_only or elsewhere):
             missing.append(label)
-            print(f"[compare] cell {number}/{len(cells)}: {label}: not finished, left out (--report_only)", flush=True)
+            reason = "not in --run_folds" if elsewhere else "--report_only"
+            print(f"[compare] cell {number}/{len(cells)}: {label}: not finished, left out ({reason})", flush=True)
             continue
         if result is None:
             print(f"[compare] cell {number}/{len(cells)}: {label} ...", flush=True)
