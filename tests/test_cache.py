@@ -248,3 +248,24 @@ def test_sigkill_mid_run_costs_at_most_the_requests_in_flight(openai_server, tmp
     total = openai_server.chat_requests
     CachedParaphraser(make_chat(openai_server), cache).paraphrase(texts, 2)
     assert openai_server.chat_requests == total
+
+
+def test_a_snapshot_restores_every_entry_the_wal_held(tmp_path):
+    """scripts/cache_snapshot.py: entries still in the write-ahead log are in the snapshot; restoring it into a new
+    folder answers the same requests, and restoring over an existing cache is refused."""
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "cache_snapshot.py")
+    namespace = {"backend": "test", "model": "m"}
+    items = {f"text {i}": [f"variant {i}"] for i in range(50)}
+    cache = AugmentationCache(tmp_path / "live")  # left open: its writes may still sit in the WAL
+    cache.put_many(namespace, items)
+    snapshot = tmp_path / "snap" / "cache.sqlite.gz"
+    run = [sys.executable, script]
+    assert subprocess.run(run + ["save", str(tmp_path / "live"), str(snapshot)], capture_output=True).returncode == 0
+    restored = subprocess.run(run + ["restore", str(tmp_path / "fresh"), str(snapshot)], capture_output=True,
+                              text=True)
+    assert restored.returncode == 0 and "50 entries" in restored.stdout
+    with AugmentationCache(tmp_path / "fresh") as fresh:
+        assert fresh.get_many(namespace, list(items)) == items
+    again = subprocess.run(run + ["restore", str(tmp_path / "fresh"), str(snapshot)], capture_output=True, text=True)
+    assert again.returncode != 0 and "Fix:" in again.stderr
+    cache.close()
