@@ -16,11 +16,17 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trl_mars.augment.cache import CACHE_FILENAME  # noqa: E402
+from trl_mars.augment.cache import CACHE_FILENAME, AugmentationCache  # noqa: E402
+
+
+def _entries(cache_dir: Path) -> int:
+    with AugmentationCache(cache_dir) as cache:
+        return len(cache)
 
 
 def save(cache_dir: Path, snapshot: Path) -> None:
@@ -31,13 +37,13 @@ def save(cache_dir: Path, snapshot: Path) -> None:
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / CACHE_FILENAME
-        with sqlite3.connect(source) as reader, sqlite3.connect(copy) as writer:
+        # `with sqlite3.connect()` only commits; closing() closes, so no handle outlives the copy
+        with closing(sqlite3.connect(source)) as reader, closing(sqlite3.connect(copy)) as writer:
             reader.backup(writer)
-        with sqlite3.connect(copy) as writer:
             writer.execute("VACUUM")
         with open(copy, "rb") as raw, gzip.open(snapshot, "wb", compresslevel=9) as packed:
             shutil.copyfileobj(raw, packed)
-        entries = sqlite3.connect(copy).execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        entries = _entries(Path(scratch))
     print(f"{entries} entries -> {snapshot} ({snapshot.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -49,8 +55,7 @@ def restore(cache_dir: Path, snapshot: Path) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with gzip.open(snapshot, "rb") as packed, open(target, "wb") as raw:
         shutil.copyfileobj(packed, raw)
-    entries = sqlite3.connect(target).execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-    print(f"{entries} entries restored to {target}")
+    print(f"{_entries(cache_dir)} entries restored to {target}")
 
 
 def main() -> None:
