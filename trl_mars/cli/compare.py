@@ -237,6 +237,16 @@ def pool_folds(results: list[dict[str, Any]], datasets: list[GridDataset]) -> tu
     return pooled_results, pooled_datasets
 
 
+def prepare_datasets(args: CompareArguments) -> list[GridDataset]:
+    """Every dataset of the grid, split once: one hold-out each, or `args.folds` folds each."""
+    datasets = [d for name in args.datasets
+                for d in (prepare_folds(name, args) if args.folds is not None else [prepare_dataset(name, args)])]
+    keys = [d.key for d in datasets]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"two datasets share a folder name: {keys}. Rename one of the files.")
+    return datasets
+
+
 def prepare_dataset(name: str, args: CompareArguments) -> GridDataset:
     """Train and held-out pairs of one dataset, the same for every cell of the grid."""
     train, evaluation = load_preference_splits(name, eval_fraction=0, seed=args.split_seed,
@@ -431,11 +441,7 @@ def run_grid(args: CompareArguments, base_args, model_args) -> dict[str, Any]:
     if args.run_folds is not None and (args.folds is None or not set(args.run_folds) <= set(range(1, args.folds + 1))):
         raise ValueError(f"--run_folds {args.run_folds} names folds that do not exist. Fix: give numbers from 1 to "
                          f"--folds ({args.folds}), with --folds set.")
-    datasets = [d for name in args.datasets
-                for d in (prepare_folds(name, args) if args.folds is not None else [prepare_dataset(name, args)])]
-    keys = [d.key for d in datasets]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"two datasets share a folder name: {keys}. Rename one of the files.")
+    datasets = prepare_datasets(args)
     cells = build_cells(datasets, args, base_args, model_args)
     results, computed, missing = [], [], []
     for number, cell in enumerate(cells, start=1):
