@@ -55,6 +55,9 @@ def main() -> None:
     if args.operation:
         rows = [row for row in rows if row["operation"].startswith(args.operation)]
     picked = random.Random(args.seed).sample(rows, min(args.n, len(rows)))
+    if picked and all(row["operation"] == "won" for row in picked):
+        _print_west_of_n(picked, originals, cell, args)
+        return
     sides = []
     for row in picked:
         original = originals[row["source_index"]]
@@ -71,6 +74,22 @@ def main() -> None:
         cosine = float(vectors[2 * k] @ vectors[2 * k + 1])  # unit rows (the Embedder protocol): dot = cosine
         print(f"| {row['source_index']} | {side} | {_end(before, args.chars)} | {_end(after, args.chars)} | "
               f"{cosine:.2f} |")
+
+
+def _print_west_of_n(picked, originals, cell, args) -> None:
+    """West-of-N pairs replace both responses: the prompt, the best and worst scored candidates and their rewards."""
+    from trl_mars.data.preferences import prompt_text, response_text
+
+    print(f"{len(picked)} West-of-N pairs of {cell} (round {args.round}), seed {args.seed}:\n")
+    print("| tuple | prompt (end) | best candidate, the new chosen (end) | worst candidate, the new rejected (end) | "
+          "rewards |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in picked:
+        prompt = prompt_text(originals[row["source_index"]]["prompt"])
+        best, worst = row["won_scores"]
+        chosen, rejected = response_text(row["chosen"]), response_text(row["rejected"])
+        print(f"| {row['source_index']} | {_end(prompt, args.chars // 2)} | {_end(chosen, args.chars)} | "
+              f"{_end(rejected, args.chars)} | {best:+.2f} / {worst:+.2f} |")
 
 
 if __name__ == "__main__":
