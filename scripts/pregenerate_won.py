@@ -26,7 +26,7 @@ from trl import ModelConfig, TrlParser  # noqa: E402
 
 from trl_mars import MarsRewardConfig  # noqa: E402
 from trl_mars.augment.factory import build_cache  # noqa: E402
-from trl_mars.baselines.west_of_n import build_generator  # noqa: E402
+from trl_mars.baselines.west_of_n import build_generator, candidate_requests  # noqa: E402
 from trl_mars.cli.arguments import configure_logging  # noqa: E402
 from trl_mars.cli.compare import COMPARE_DEFAULTS, CompareArguments, build_cells, prepare_datasets  # noqa: E402
 from trl_mars.data.preferences import column_values, prompt_text, to_explicit_prompt  # noqa: E402
@@ -43,11 +43,9 @@ def shard_requests(cell, shard: int, shards: int) -> dict[int, list[dict[str, st
     """{candidates per prompt: this shard's prompts}, as West-of-N's first round asks for them."""
     prompts = [prompt_text(p) if p else "" for p in column_values(to_explicit_prompt(cell.dataset.train), "prompt")]
     budgets = uniform_budgets(len(prompts), total_budget(len(prompts), cell.args.mars_budget_ratio))
-    requests: dict[int, list[dict[str, str]]] = {}
-    for i in range(shard, len(prompts), shards):
-        if budgets[i] > 0:
-            requests.setdefault(int(budgets[i]) * cell.args.mars_won_candidates, []).append({"prompt": prompts[i]})
-    return requests
+    requests = {count: [{"prompt": prompts[i]} for i in indices if i % shards == shard]
+                for count, indices in candidate_requests(budgets, cell.args.mars_won_candidates).items()}
+    return {count: rows for count, rows in requests.items() if rows}
 
 
 def pregenerate(cells, shard: int, shards: int) -> int:
@@ -58,10 +56,11 @@ def pregenerate(cells, shard: int, shards: int) -> int:
             raise ValueError(f"cell {cell.variant} (seed {cell.seed}) does not sample West-of-N candidates from a "
                              "model (`mars_strategy: won` with `mars_won_generator` causal_lm or chat). Fix: name only "
                              "such variants in --strategies.")
-        generator = build_generator(cell.args, None, build_cache(cell.args))
-        for count, rows in sorted(shard_requests(cell, shard, shards).items()):
-            generator.candidates(rows, count)
-            asked += len(rows)
+        with build_cache(cell.args) as cache:
+            generator = build_generator(cell.args, None, cache)
+            for count, rows in shard_requests(cell, shard, shards).items():
+                generator.candidates(rows, count)
+                asked += len(rows)
     return asked
 
 

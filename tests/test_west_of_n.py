@@ -18,6 +18,7 @@ from trl_mars.baselines.west_of_n import (
     CausalLMGenerator,
     ChatGenerator,
     ParaphrasePoolGenerator,
+    candidate_requests,
     split_draws,
     west_of_n_pairs,
     west_of_n_round,
@@ -40,6 +41,12 @@ def test_pairs_are_argmax_and_argmin_of_each_draw():
     assert west_of_n_pairs([[0.1, 0.9, -0.3, 0.5]], [[[0, 1, 2, 3]]], exclude=lambda p, b, w: 1 in (b, w)) \
         == [[(3, 2)]]
     assert west_of_n_pairs([[0.1, 0.9]], [[[0, 1]]], exclude=lambda p, b, w: True) == [[None]]
+
+
+def test_candidate_requests_group_prompts_by_count():
+    """Budgets (2, 0, 1, 2) with N = 3: prompt 2 wants 3 candidates, prompts 0 and 3 want 6, prompt 1 none."""
+    requests = candidate_requests([2, 0, 1, 2], 3)
+    assert requests == {3: [2], 6: [0, 3]} and list(requests) == [3, 6]
 
 
 def test_draws_are_disjoint_and_sized():

@@ -233,6 +233,17 @@ class WestOfNStrategy(RoundStrategy):
                                candidates_per_draw=self.args.mars_won_candidates)
 
 
+def candidate_requests(budgets: Sequence[int], candidates_per_draw: int) -> dict[int, list[int]]:
+    """{candidates per prompt: the prompts (indices) that want that many}, in ascending count: b_i draws of N
+    candidates each, prompts without budget left out. One generator call per count, in the round and in
+    `scripts/pregenerate_won.py`, so both ask the engine exactly the same requests."""
+    by_count: dict[int, list[int]] = defaultdict(list)
+    for i, b in enumerate(budgets):
+        if b > 0:
+            by_count[int(b) * candidates_per_draw].append(i)
+    return dict(sorted(by_count.items()))
+
+
 def west_of_n_round(inputs: RoundInputs, generator: CandidateGenerator, score: ScoreResponses, *,
                     candidates_per_draw: int) -> RoundResult:
     """One West-of-N round: generate, score, pair best vs worst per draw; rows and evidence as a MARS round."""
@@ -249,13 +260,8 @@ def west_of_n_round(inputs: RoundInputs, generator: CandidateGenerator, score: S
 
     # generate: b_i * N candidates per prompt, one generator call per distinct count, sharded across ranks
     start = time.perf_counter()
-    wanted = [int(b) * candidates_per_draw for b in budgets]
     candidates: list[list[str]] = [[] for _ in range(n)]
-    by_count: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        if wanted[i] > 0:
-            by_count[wanted[i]].append(i)
-    for count, indices in sorted(by_count.items()):
+    for count, indices in candidate_requests(budgets, candidates_per_draw).items():
         answers = inputs.generate_map(lambda shard, count=count: generator.candidates(shard, count),
                                       [text_rows[i] for i in indices])
         for i, texts in zip(indices, answers):
@@ -334,7 +340,7 @@ def west_of_n_round(inputs: RoundInputs, generator: CandidateGenerator, score: S
         won={
             "generator": generator.name,
             "candidates_per_draw": candidates_per_draw,
-            "candidates_wanted": int(sum(wanted)),
+            "candidates_wanted": int(sum(budgets)) * candidates_per_draw,
             "candidates_generated": int(sum(len(c) for c in candidates)),
             "draws": int(sum(len(d) for d in draws)),
             "draws_without_preference": no_preference,
